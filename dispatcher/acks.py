@@ -1,0 +1,148 @@
+"""Device acks -> guarded status updates.
+
+A batch of acks is applied in one transaction: the touched commands are locked in id
+order, the lifecycle decides each ack's effect in arrival order, and the changes are
+written back as at most two guarded steps per command (PENDING -> RECEIVED -> DONE in
+one batch still publishes both transitions). Every ack lands in ``results``; an ack that
+is already there (a redelivery) is skipped, so replaying a batch changes nothing.
+An ack for a command not seen yet is held until it arrives (see ``held_events``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from dispatcher.deadletter import Source
+from dispatcher.effects import Effects
+from dispatcher.events import DeviceAck
+from dispatcher.lifecycle import Status, on_ack
+from dispatcher.store import QUERIES
+
+
+@dataclass
+class _Step:
+    """One guarded write: from ``expected`` to ``status``, appending ``results``."""
+
+    expected: Status
+    status: Status
+    results: list[dict[str, Any]] = field(default_factory=list)
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class _Plan:
+    device: str
+    seen: list[dict[str, Any]]
+    steps: list[_Step]
+
+    @property
+    def current(self) -> _Step:
+        return self.steps[-1]
+
+
+def result_entry(ack: DeviceAck, source: Source) -> dict[str, Any]:
+    """The ``results`` item of an ack; ``at`` defaults to the record's broker timestamp."""
+    at = (ack.at or source.seen_at).isoformat().replace("+00:00", "Z")
+    entry: dict[str, Any] = {"at": at, "status": ack.status.value}
+    if ack.data is not None:
+        entry["data"] = ack.data
+    if ack.errorType is not None:
+        entry["errorType"] = ack.errorType
+    if ack.errorMessage is not None:
+        entry["errorMessage"] = ack.errorMessage
+    return entry
+
+
+async def apply_acks(
+    conn: asyncpg.Connection,
+    items: list[tuple[DeviceAck, Source]],
+    fx: Effects,
+    hold_unknown: bool = True,
+) -> None:
+    """Apply acks in order; unknown commands are held (or dead-lettered if not holding)."""
+    if not items:
+        return
+    ids = sorted({ack.commandId for ack, _ in items})
+    plans: dict[str, _Plan] = {}
+    for row in await conn.fetch(QUERIES["lock_commands"], ids):
+        status = Status(row["status"])
+        plans[row["id"]] = _Plan(row["aos_device"], list(row["results"]), [_Step(status, status)])
+    to_hold: list[tuple[DeviceAck, Source]] = []
+    for ack, source in items:
+        plan = plans.get(ack.commandId)
+        if plan is None:
+            to_hold.append((ack, source))
+        elif plan.device != ack.aosDevice:
+            fx.reject(source, "device_mismatch", "the ack's aosDevice is not the command's device")
+        else:
+            _plan_ack(plan, ack, source, fx)
+    await _write(conn, plans, fx)
+    await _hold_or_reject(conn, to_hold, fx, hold_unknown)
+
+
+def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> None:
+    entry = result_entry(ack, source)
+    if entry in plan.seen:
+        fx.accept(source, "duplicate")
+        return
+    plan.seen.append(entry)
+    step = plan.current
+    step.results.append(entry)
+    target = on_ack(step.status, ack.status)
+    if target is None:
+        fx.accept(source, "no_change")
+        return
+    fx.accept(source)
+    if step.status != step.expected:
+        plan.steps.append(_Step(step.status, step.status))
+        step = plan.current
+    step.status = target
+    if target is Status.ERROR:
+        step.error_type = ack.errorType or "DEVICE_ERROR"
+        step.error_message = ack.errorMessage
+
+
+async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects) -> None:
+    for round_ in range(2):
+        batch = [(cid, p.steps[round_]) for cid, p in plans.items() if len(p.steps) > round_]
+        batch = [(cid, s) for cid, s in batch if s.results or s.status != s.expected]
+        if not batch:
+            return
+        rows = await conn.fetch(
+            QUERIES["apply_acks"],
+            [cid for cid, _ in batch],
+            [s.expected.value for _, s in batch],
+            [s.status.value for _, s in batch],
+            [s.results for _, s in batch],
+            [s.error_type for _, s in batch],
+            [s.error_message for _, s in batch],
+        )
+        fx.moved([r for r in rows if r["status"] != r["previous"]])
+
+
+async def _hold_or_reject(
+    conn: asyncpg.Connection,
+    items: list[tuple[DeviceAck, Source]],
+    fx: Effects,
+    hold_unknown: bool,
+) -> None:
+    if not items:
+        return
+    if not hold_unknown:
+        for _, source in items:
+            fx.reject(source, "unknown_command", "no command with this commandId arrived in time")
+        return
+    await conn.execute(
+        QUERIES["hold_events"],
+        ["ack"] * len(items),
+        [ack.commandId for ack, _ in items],
+        [ack.model_dump(mode="json") for ack, _ in items],
+        [source.to_json() for _, source in items],
+    )
+    for _, source in items:
+        fx.accept(source, "held")
+        fx.held[("ack", "held")] += 1

@@ -1,0 +1,76 @@
+"""HTTP: health, readiness and metrics, and the seed APIs (registered from their modules).
+
+``/healthz`` answers while the process runs; ``/readyz`` answers 200 only when
+PostgreSQL answers with every migration applied and Kafka answers, 503 otherwise,
+with each check named in the body; ``/metrics`` is the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from dispatcher.app import Runtime
+
+RUNTIME: web.AppKey[Any] = web.AppKey("runtime", object)
+
+
+def build_app(rt: Runtime) -> web.Application:
+    """The aiohttp application of the dispatcher."""
+    app = web.Application(client_max_size=1024 * 1024)
+    app[RUNTIME] = rt
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    _register_seed_routes(app)
+    return app
+
+
+def _register_seed_routes(app: web.Application) -> None:
+    try:
+        from dispatcher import routes  # the seed APIs, when present
+    except ImportError:
+        return
+    routes.register(app)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Kafka and PostgreSQL reachable, migrations applied."""
+    rt: Runtime = request.app[RUNTIME]
+    postgres, kafka = await asyncio.gather(
+        rt.store.ping() if rt.store is not None else _false(),
+        rt.producer.ping() if rt.producer is not None else _false(),
+    )
+    consuming = rt.consumer is not None and rt.consumer.consumer is not None
+    checks = {"postgres": postgres, "kafka": kafka, "consumer": consuming}
+    ready = all(checks.values())
+    rt.metrics.dependency_up.labels("postgres").set(int(postgres))
+    rt.metrics.dependency_up.labels("kafka").set(int(kafka))
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if rt.pusher is not None:
+        body["pushProvider"] = "ok" if rt.pusher.provider_healthy else "failing"
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    rt: Runtime = request.app[RUNTIME]
+    if rt.store is not None:
+        pool = rt.store.pool
+        rt.metrics.db_pool_size.labels("open").set(pool.get_size())
+        rt.metrics.db_pool_size.labels("idle").set(pool.get_idle_size())
+    return web.Response(body=rt.metrics.render(),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _false() -> bool:
+    return False

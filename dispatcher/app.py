@@ -1,0 +1,180 @@
+"""Wiring, and the orderly start and stop of every component of `dispatcher run`.
+
+Start: HTTP (so /healthz answers at once) -> PostgreSQL (migrated) -> Kafka (topics,
+producer) -> loops: stream consumer, outbox relay, pusher, timer. Dependencies that
+are down are retried with backoff while /readyz says what is missing.
+
+Stop (SIGTERM/SIGINT): the consumer finishes its batch and commits, the pusher waits
+for requests in flight and records their answers, the relay flushes, then connections
+close. The whole stop is bounded by ``DISPATCHER_SHUTDOWN_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from dispatcher import api
+from dispatcher.aio import sleep_unless
+from dispatcher.config import Settings
+from dispatcher.consumer import BatchProcessor, StreamConsumer
+from dispatcher.effects import Effects
+from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
+from dispatcher.expiry import Timer
+from dispatcher.kafka import Producer, ensure_topics
+from dispatcher.lifecycle import backoff_s
+from dispatcher.metrics import Metrics
+from dispatcher.outbox import OutboxRelay
+from dispatcher.push import Provider, Pusher, make_provider
+from dispatcher.secretbox import SecretBox
+from dispatcher.store import Store, migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The live components, shared with the HTTP handlers."""
+
+    settings: Settings
+    metrics: Metrics
+    box: SecretBox
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    store: Store | None = None
+    producer: Producer | None = None
+    consumer: StreamConsumer | None = None
+    pusher: Pusher | None = None
+    relay: OutboxRelay | None = None
+    processor: BatchProcessor | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    http_url: str = ""
+
+    def on_effects(self, fx: Effects) -> None:
+        """Act on a committed batch: metrics, and wake the loops that have work now."""
+        for (topic, outcome), n in fx.consumed.items():
+            self.metrics.events_consumed.labels(topic, outcome).inc(n)
+        for (kind, outcome), n in fx.held.items():
+            self.metrics.held_events.labels(kind, outcome).inc(n)
+        self.metrics.transitions(fx.transitions)
+        if fx.wake_push and self.pusher is not None:
+            self.pusher.wake.set()
+        if fx.wake_outbox and self.relay is not None:
+            self.relay.wake.set()
+
+
+async def _with_retry(what: str, stop: asyncio.Event, action: Any) -> Any:
+    attempt = 0
+    while True:
+        try:
+            return await action()
+        except (StoreUnavailable, BrokerUnavailable, OSError) as exc:
+            attempt += 1
+            if stop.is_set():
+                raise
+            delay = backoff_s(attempt, 0.5, 10.0)
+            log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:200],
+                                                               "retry_in_s": round(delay, 2)})
+            await sleep_unless(stop, delay)
+
+
+async def connect(rt: Runtime, auto_migrate: bool = True, create_topics: bool = True) -> None:
+    """Connect to PostgreSQL and Kafka (retrying), migrate and create topics."""
+    s = rt.settings
+    if auto_migrate:
+        applied = await _with_retry("PostgreSQL", rt.stop, lambda: migrate(s.database_url))
+        if applied:
+            log.info("migrations applied", extra={"versions": applied})
+    rt.store = await _with_retry(
+        "PostgreSQL", rt.stop, lambda: Store.connect(s.database_url, s.db_pool_min, s.db_pool_max))
+    if create_topics:
+        await _with_retry("Kafka", rt.stop, lambda: ensure_topics(s))
+    producer = Producer(s)
+    await _with_retry("Kafka", rt.stop, producer.start)
+    rt.producer = producer
+
+
+def build_loops(rt: Runtime, provider: Provider) -> list[Any]:
+    """The long-running loops of the service, each stopping on ``rt.stop``."""
+    s = rt.settings
+    assert rt.store is not None
+    assert rt.producer is not None
+    rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics)
+    rt.pusher = Pusher(s, rt.store, provider, rt.metrics, rt.box)
+    rt.pusher.outbox_wake = rt.relay.wake
+    rt.processor = BatchProcessor(s, rt.store, rt.producer, rt.metrics, rt.box, rt.on_effects)
+    rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
+    timer = Timer(s, rt.store, rt.metrics, rt.processor, rt.on_effects)
+    return [rt.consumer.run(rt.stop), rt.relay.run(rt.stop), rt.pusher.run(rt.stop),
+            timer.run(rt.stop)]
+
+
+async def serve(settings: Settings, provider: Provider | None = None,
+                rt: Runtime | None = None) -> None:
+    """Run the whole service until SIGTERM/SIGINT (or ``rt.stop``)."""
+    if rt is None:
+        rt = Runtime(settings, Metrics(), SecretBox(settings.secret_key or settings.jwt_secret))
+    if rt.box.uses_fallback_key:
+        log.warning("DISPATCHER_SECRET_KEY is not set: command secrets are encrypted with a "
+                    "built-in key")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, rt.stop.set)
+    runner = await _start_http(rt)
+    provider = provider or make_provider(settings)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await connect(rt)
+        tasks = [asyncio.create_task(c) for c in build_loops(rt, provider)]
+        rt.started.set()
+        log.info("dispatcher running", extra={"http": rt.http_url})
+        await _until_stop_or_crash(rt.stop, tasks)
+    finally:
+        rt.stop.set()
+        await _shutdown(rt, tasks, provider, runner)
+
+
+async def _until_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    for task in done:
+        if task is not stopper and task.exception() is not None:
+            log.error("a component failed; stopping", exc_info=task.exception())
+            raise task.exception()  # type: ignore[misc]
+
+
+async def _shutdown(rt: Runtime, tasks: list[asyncio.Task[Any]], provider: Provider,
+                    runner: web.AppRunner) -> None:
+    timeout = rt.settings.shutdown_timeout_s
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    await provider.close()
+    if rt.producer is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(rt.producer.stop(), timeout=5)
+    if rt.store is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(rt.store.close(), timeout=5)
+    await runner.cleanup()
+    log.info("dispatcher stopped")
+
+
+async def _start_http(rt: Runtime) -> web.AppRunner:
+    runner = web.AppRunner(api.build_app(rt), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, rt.settings.http_host, rt.settings.http_port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else rt.settings.http_port
+    rt.http_url = f"http://{rt.settings.http_host}:{port}"
+    return runner

@@ -1,0 +1,183 @@
+"""Settings: one frozen object built from ``DISPATCHER_*`` environment variables.
+
+No other module reads ``os.environ``. Every field names its variable; the README's
+configuration table is generated from :data:`VARIABLES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.exceptions import ConfigError
+
+
+def _var(name: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": name, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the dispatcher can be told from the environment."""
+
+    kafka_bootstrap: str = _var(
+        "DISPATCHER_KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers host:port[,host:port]"
+    )
+    database_url: str = _var("DISPATCHER_DATABASE_URL", "", "PostgreSQL DSN")
+    http_host: str = _var("DISPATCHER_HTTP_HOST", "127.0.0.1", "HTTP listen host")
+    http_port: int = _var("DISPATCHER_HTTP_PORT", 8080, "HTTP listen port (0: any free port)")
+    push_provider: str = _var("DISPATCHER_PUSH_PROVIDER", "pushy", "push provider: pushy or log")
+    pushy_api_url: str = _var(
+        "DISPATCHER_PUSHY_API_URL", "https://api.pushy.me", "Pushy-compatible push API base URL"
+    )
+    pushy_api_key: str = _var("DISPATCHER_PUSHY_API_KEY", "", "Pushy secret API key")
+    push_concurrency: int = _var(
+        "DISPATCHER_PUSH_CONCURRENCY", 64, "most push requests in flight per process"
+    )
+    push_rate_per_min: int = _var(
+        "DISPATCHER_PUSH_RATE_PER_MIN", 0, "client-side push rate limit per process (0: none)"
+    )
+    push_timeout_s: float = _var(
+        "DISPATCHER_PUSH_TIMEOUT_S", 10.0, "timeout of one push request"
+    )
+    push_lease_s: float = _var(
+        "DISPATCHER_PUSH_LEASE_S", 30.0,
+        "a claimed push not answered within this time is claimed again (crash recovery)",
+    )
+    push_backoff_base_s: float = _var(
+        "DISPATCHER_PUSH_BACKOFF_BASE_S", 1.0, "first retry delay of a failed push"
+    )
+    push_backoff_max_s: float = _var(
+        "DISPATCHER_PUSH_BACKOFF_MAX_S", 300.0, "largest retry delay of a failed push"
+    )
+    repush_after_s: float = _var(
+        "DISPATCHER_REPUSH_AFTER_S", 120.0,
+        "a command still PENDING this long after its push is pushed again (0: never)",
+    )
+    repush_max: int = _var("DISPATCHER_REPUSH_MAX", 3, "most re-pushes of one command")
+    jwt_secret: str = _var("DISPATCHER_JWT_SECRET", "", "HS256 secret of bearer tokens")
+    jwt_public_key: str = _var(
+        "DISPATCHER_JWT_PUBLIC_KEY", "", "PEM public key to accept RS256 bearer tokens (optional)"
+    )
+    secret_key: str = _var(
+        "DISPATCHER_SECRET_KEY", "",
+        "key that encrypts command secrets at rest (any string; dev: derived from the JWT secret)",
+    )
+    default_duration_s: int = _var(
+        "DISPATCHER_DEFAULT_DURATION_S", 600, "command validity when none is given"
+    )
+    expiry_interval_s: float = _var(
+        "DISPATCHER_EXPIRY_INTERVAL_S", 1.0, "how often the expiry timer runs"
+    )
+    hold_window_s: float = _var(
+        "DISPATCHER_HOLD_WINDOW_S", 300.0,
+        "how long an ack or cancel for a not-yet-seen command is held before it is dead-lettered",
+    )
+    topic_prefix: str = _var("DISPATCHER_TOPIC_PREFIX", "mdm.", "prefix of every topic name")
+    topic_partitions: int = _var(
+        "DISPATCHER_TOPIC_PARTITIONS", 4, "partitions of topics the dispatcher creates"
+    )
+    consumer_group: str = _var(
+        "DISPATCHER_CONSUMER_GROUP", "dispatcher", "Kafka consumer group id"
+    )
+    kafka_session_timeout_ms: int = _var(
+        "DISPATCHER_KAFKA_SESSION_TIMEOUT_MS", 10000, "consumer group session timeout"
+    )
+    kafka_heartbeat_interval_ms: int = _var(
+        "DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS", 3000, "consumer group heartbeat interval"
+    )
+    kafka_rebalance_timeout_ms: int = _var(
+        "DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS", 10000, "consumer group rebalance timeout"
+    )
+    kafka_enable_idempotence: bool = _var(
+        "DISPATCHER_KAFKA_ENABLE_IDEMPOTENCE", False,
+        "idempotent producer (true on Apache Kafka; the embedded broker does not support it)",
+    )
+    batch_max: int = _var("DISPATCHER_BATCH_MAX", 2000, "most records handled in one batch")
+    db_pool_min: int = _var("DISPATCHER_DB_POOL_MIN", 2, "smallest database pool")
+    db_pool_max: int = _var("DISPATCHER_DB_POOL_MAX", 10, "largest database pool")
+    max_event_bytes: int = _var(
+        "DISPATCHER_MAX_EVENT_BYTES", 65536, "larger input events are dead-lettered unread"
+    )
+    log_level: str = _var("DISPATCHER_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _var("DISPATCHER_LOG_FORMAT", "json", "json or text")
+    shutdown_timeout_s: float = _var(
+        "DISPATCHER_SHUTDOWN_TIMEOUT_S", 20.0, "most time a graceful stop may take"
+    )
+    dev_dir: str = _var("DISPATCHER_DEV_DIR", ".dev", "where `dispatcher dev` keeps its data")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from a mapping of environment variables; bad values raise ConfigError."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.metadata["env"], raw, type(f.default))
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, naming the variable."""
+        if self.push_provider not in ("pushy", "log"):
+            raise ConfigError("DISPATCHER_PUSH_PROVIDER must be 'pushy' or 'log'")
+        if self.push_concurrency < 1:
+            raise ConfigError("DISPATCHER_PUSH_CONCURRENCY must be at least 1")
+        if self.default_duration_s < 1:
+            raise ConfigError("DISPATCHER_DEFAULT_DURATION_S must be at least 1")
+        if self.expiry_interval_s <= 0:
+            raise ConfigError("DISPATCHER_EXPIRY_INTERVAL_S must be positive")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError("DISPATCHER_LOG_FORMAT must be 'json' or 'text'")
+
+    def require_servers(self) -> None:
+        """`dispatcher run` needs both servers named."""
+        if not self.kafka_bootstrap:
+            raise ConfigError("DISPATCHER_KAFKA_BOOTSTRAP is required")
+        if not self.database_url:
+            raise ConfigError("DISPATCHER_DATABASE_URL is required")
+
+    def topic(self, name: str) -> str:
+        """Full topic name of a logical one (``commands.created`` -> ``mdm.commands.created``)."""
+        return f"{self.topic_prefix}{name}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets replaced by whether they are set."""
+        out = dataclasses.asdict(self)
+        for key in ("pushy_api_key", "jwt_secret", "secret_key", "jwt_public_key"):
+            out[key] = "<set>" if out[key] else "<unset>"
+        out["database_url"] = _redact_dsn(self.database_url)
+        return out
+
+
+VARIABLES: list[tuple[str, str, str]] = [
+    (f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)
+]
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+def _redact_dsn(dsn: str) -> str:
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

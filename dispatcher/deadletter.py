@@ -1,0 +1,94 @@
+"""Dead letters: every input the dispatcher cannot accept, with the reason and the raw value.
+
+The raw value is kept so nothing is lost, with secrets redacted (a reset password in a
+rejected command must not leak through the dead-letter topic). Values that are not
+UTF-8 are carried as base64; values past :data:`VALUE_MAX_BYTES` are truncated.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dispatcher.events import DeadLetter
+from dispatcher.secretbox import redact_raw
+
+VALUE_MAX_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input came from: enough to find it again and to dead-letter it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+    @property
+    def seen_at(self) -> datetime:
+        """The broker's timestamp of the record (stable across redeliveries), else now."""
+        if self.timestamp_ms and self.timestamp_ms > 0:
+            return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+        return datetime.now(UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe form (redacted value) kept with held events."""
+        letter = build(self, "held", "")
+        kept = letter.model_dump(mode="json", exclude={"reason", "detail", "at"})
+        kept["timestampMs"] = self.timestamp_ms
+        return kept
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Source:
+        """Rebuild what :meth:`to_json` kept (the value stays redacted)."""
+        value = data.get("value")
+        raw = None
+        if value is not None:
+            is_b64 = data.get("valueEncoding") == "base64"
+            raw = base64.b64decode(value) if is_b64 else str(value).encode()
+        key = data.get("key")
+        return cls(
+            topic=data["topic"],
+            partition=int(data["partition"]),
+            offset=int(data["offset"]),
+            key=key.encode() if isinstance(key, str) else None,
+            value=raw,
+            timestamp_ms=data.get("timestampMs"),
+        )
+
+
+def build(source: Source, reason: str, detail: str) -> DeadLetter:
+    """The dead letter of one input."""
+    value: str | None = None
+    encoding = "utf-8"
+    truncated = False
+    if source.value is not None:
+        raw = redact_raw(source.value)
+        if len(raw) > VALUE_MAX_BYTES:
+            raw, truncated = raw[:VALUE_MAX_BYTES], True
+        try:
+            value = raw.decode()
+        except UnicodeDecodeError:
+            value, encoding = base64.b64encode(raw).decode(), "base64"
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        topic=source.topic,
+        partition=source.partition,
+        offset=source.offset,
+        key=source.key.decode(errors="replace") if source.key is not None else None,
+        value=value,
+        valueEncoding=encoding,
+        valueTruncated=truncated,
+        at=datetime.now(UTC),
+    )
+
+
+def encode(letter: DeadLetter) -> bytes:
+    """The Kafka value of a dead letter."""
+    return letter.model_dump_json().encode()

@@ -1,0 +1,42 @@
+"""What a batch of work did, gathered while its transaction runs and acted on after commit.
+
+Handlers run inside one database transaction and only *record* their consequences
+here; the caller publishes dead letters, counts metrics and wakes the pusher once the
+transaction has committed, so nothing is announced that might still roll back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.deadletter import Source, build
+from dispatcher.events import DeadLetter
+
+
+@dataclass
+class Effects:
+    """Consequences of one batch, to act on after it is durable."""
+
+    dead: list[tuple[Source, DeadLetter]] = field(default_factory=list)
+    transitions: list[Any] = field(default_factory=list)
+    consumed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    held: Counter[tuple[str, str]] = field(default_factory=Counter)
+    wake_push: bool = False
+    wake_outbox: bool = False
+
+    def reject(self, source: Source, reason: str, detail: str) -> None:
+        """Dead-letter one input."""
+        self.dead.append((source, build(source, reason, detail)))
+        self.consumed[(source.topic, "dead_letter")] += 1
+
+    def accept(self, source: Source, outcome: str = "ok") -> None:
+        """Count one input as handled."""
+        self.consumed[(source.topic, outcome)] += 1
+
+    def moved(self, rows: list[Any]) -> None:
+        """Record transitions (rows with command, status, previous, created_at)."""
+        if rows:
+            self.transitions.extend(rows)
+            self.wake_outbox = True

@@ -1,0 +1,221 @@
+"""Pydantic models of every topic's payload; ``schemas/`` is generated from them.
+
+Input models are strict: unknown fields, wrong types, bad ids and oversize values are
+rejected (and dead-lettered by the caller with the reason :func:`parse` gives).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from dispatcher.exceptions import InvalidEvent
+from dispatcher.lifecycle import MAX_DURATION_S, AckStatus, CommandType, Status
+
+PARAMS_MAX_BYTES = 4096
+"""``params`` must fit a push payload (Pushy's ``data`` limit)."""
+ACK_DATA_MAX_BYTES = 16384
+"""Largest ``data`` an ack may carry into ``results``."""
+TEXT_MAX = 2000
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+def _check_json_tree(value: Any) -> None:
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _check_json_tree(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_tree(item)
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _bounded_object(limit: int) -> AfterValidator:
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_tree(value)
+        size = json_size(value)
+        if size > limit:
+            raise ValueError(f"is {size} bytes as JSON, more than {limit}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a time zone (RFC 3339, e.g. 2026-11-23T10:00:00Z)")
+    return value.astimezone(UTC)
+
+
+HexId = Annotated[str, StringConstraints(pattern=r"^[a-fA-F0-9]{24}$")]
+Text = Annotated[str, StringConstraints(max_length=TEXT_MAX), AfterValidator(_no_nul)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_no_nul)]
+Time = Annotated[datetime, AfterValidator(_utc)]
+Params = Annotated[dict[str, Any], _bounded_object(PARAMS_MAX_BYTES)]
+AckData = Annotated[dict[str, Any], _bounded_object(ACK_DATA_MAX_BYTES)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class CommandCreated(_In):
+    """``mdm.commands.created``: a command to enqueue. ``id`` is the upstream's."""
+
+    id: HexId
+    organization: HexId
+    aosEnterprise: HexId
+    aosDevice: HexId
+    mdmUser: HexId | None = None
+    command: CommandType
+    params: Params = Field(default_factory=dict)
+    duration: float | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+    createdAt: Time | None = None
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
+            raise ValueError("must be a number of seconds")
+        return value
+
+
+class DeviceState(_In):
+    """``mdm.devices``: the device registry the dispatcher pushes by (compacted)."""
+
+    aosDevice: HexId
+    organization: HexId
+    aosEnterprise: HexId
+    mdmUser: HexId | None = None
+    pushToken: Token | None = None
+    state: Annotated[str, StringConstraints(pattern=r"^(ACTIVE|DISENROLLED)$")]
+    updatedAt: Time | None = None
+
+
+class DeviceAck(_In):
+    """``mdm.device-acks``: what a device gateway reports about a command."""
+
+    commandId: HexId
+    aosDevice: HexId
+    status: AckStatus
+    at: Time | None = None
+    data: AckData | None = None
+    errorType: Text | None = None
+    errorMessage: Text | None = None
+
+
+class CancelRequest(_In):
+    """``mdm.commands.cancel``: cancel an open command."""
+
+    commandId: HexId
+    aosDevice: HexId
+    at: Time | None = None
+
+
+class StatusEvent(BaseModel):
+    """``mdm.commands.status`` (out): one event per status change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: HexId
+    organization: HexId
+    aosDevice: HexId
+    command: CommandType
+    status: Status
+    previousStatus: Status | None
+    at: datetime
+    pushId: str | None = None
+    errorType: str | None = None
+    errorMessage: str | None = None
+
+
+class DeadLetter(BaseModel):
+    """``mdm.dead-letter`` (out): an input that could not be accepted, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(description="machine-readable reason, e.g. invalid_json, validation")
+    detail: str = Field(description="what exactly was wrong, for a person")
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str | None = Field(description="the raw value (secrets redacted), UTF-8 or base64")
+    valueEncoding: str = Field(default="utf-8", description="utf-8 or base64")
+    valueTruncated: bool = False
+    at: datetime
+
+
+INPUT_MODELS: dict[str, type[_In]] = {
+    "commands.created": CommandCreated,
+    "devices": DeviceState,
+    "device-acks": DeviceAck,
+    "commands.cancel": CancelRequest,
+}
+OUTPUT_MODELS: dict[str, type[BaseModel]] = {
+    "commands.status": StatusEvent,
+    "dead-letter": DeadLetter,
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], raw: bytes | None, max_bytes: int) -> M:
+    """Validate one raw Kafka value; raise :class:`InvalidEvent` with a reason and detail."""
+    if raw is None or raw.strip() == b"":
+        raise InvalidEvent("empty", "the value is empty")
+    if len(raw) > max_bytes:
+        raise InvalidEvent("too_large", f"the value is {len(raw)} bytes, more than {max_bytes}")
+    try:
+        decoded = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent("invalid_json", str(exc)[:300]) from exc
+    if not isinstance(decoded, dict):
+        raise InvalidEvent("validation", f"expected a JSON object, got {type(decoded).__name__}")
+    try:
+        return model.model_validate(decoded)
+    except ValidationError as exc:
+        raise InvalidEvent(_reason(exc), _describe(exc)) from exc
+
+
+def _reason(exc: ValidationError) -> str:
+    for error in exc.errors():
+        loc = error["loc"]
+        if loc and loc[0] == "command" and error["type"] == "enum":
+            return "unknown_command"
+        if loc and loc[0] == "status" and error["type"] == "enum":
+            return "unknown_status"
+        if error["type"] == "value_error" and "bytes as JSON" in str(error.get("msg", "")):
+            return "too_large"
+    return "validation"
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "value"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)[:1000]

@@ -1,0 +1,56 @@
+"""One exception root. Each class says whether retrying can help; docstrings are the messages."""
+
+from __future__ import annotations
+
+
+class DispatcherError(Exception):
+    """Dispatcher error."""
+
+    retriable: bool = False
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(DispatcherError):
+    """Invalid configuration."""
+
+
+class StoreUnavailable(DispatcherError):
+    """PostgreSQL is unreachable or failed a transient way."""
+
+    retriable = True
+
+
+class BrokerUnavailable(DispatcherError):
+    """The Kafka broker is unreachable or refused a request a transient way."""
+
+    retriable = True
+
+
+class InvalidEvent(DispatcherError):
+    """An input event could not be accepted."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class PushError(DispatcherError):
+    """The push provider did not accept a push."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str,
+        retriable: bool,
+        retry_after_s: float | None = None,
+        outcome: str = "error",
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.retriable = retriable
+        self.retry_after_s = retry_after_s
+        self.outcome = outcome

@@ -1,0 +1,119 @@
+"""The timer: expires overdue commands, settles held events, repairs parked pushes, gauges.
+
+Every ``DISPATCHER_EXPIRY_INTERVAL_S`` it marks open commands past their deadline
+EXPIRED in batches (``FOR UPDATE SKIP LOCKED``: replicas share the work and each
+command expires once), applies held acks/cancels whose command has arrived, and
+dead-letters those whose command never came within ``DISPATCHER_HOLD_WINDOW_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from dispatcher import deadletter, ingest
+from dispatcher.aio import sleep_unless
+from dispatcher.config import Settings
+from dispatcher.consumer import BatchProcessor
+from dispatcher.deadletter import Source
+from dispatcher.effects import Effects
+from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
+from dispatcher.metrics import Metrics
+from dispatcher.store import QUERIES, Store
+
+log = logging.getLogger(__name__)
+
+EXPIRE_BATCH = 5000
+HELD_BATCH = 1000
+
+
+class Timer:
+    """Periodic housekeeping; :meth:`tick` is one pass, :meth:`run` repeats it."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics,
+                 processor: BatchProcessor, on_effects: Callable[[Effects], None]) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.processor = processor
+        self.on_effects = on_effects
+        self._last_repair = 0.0
+
+    async def expire(self) -> int:
+        """Expire every overdue open command; return how many."""
+        total = 0
+        while True:
+            rows = await self.store.fetch("expire_due", EXPIRE_BATCH)
+            if rows:
+                fx = Effects()
+                fx.moved(list(rows))
+                self.metrics.expired.inc(len(rows))
+                self.on_effects(fx)
+            total += len(rows)
+            if len(rows) < EXPIRE_BATCH:
+                return total
+
+    async def settle_held(self) -> None:
+        """Apply held events whose command exists; dead-letter the overdue ones."""
+        fx = Effects()
+        async with self.store.transaction() as conn:
+            rows = await conn.fetch(QUERIES["take_held_ready"], HELD_BATCH)
+            await ingest.replay_held(conn, sorted(rows, key=lambda r: r["seq"]), fx)
+        self.on_effects(fx)
+        # Deleted and dead-lettered in one transaction: if the broker does not take the
+        # dead letters, the delete rolls back and the next pass tries again.
+        late = Effects()
+        async with self.store.transaction() as conn:
+            rows = await conn.fetch(
+                QUERIES["take_held_overdue"], self.settings.hold_window_s, HELD_BATCH)
+            for row in rows:
+                source = Source.from_json(row["source"])
+                late.dead.append((source, deadletter.build(
+                    source, "unknown_command",
+                    f"no command {row['command_id']} arrived within "
+                    f"{self.settings.hold_window_s:g}s of this {row['kind']}")))
+                late.held[(row["kind"], "expired")] += 1
+            await self.processor.producer.send_all(
+                self.settings.topic("dead-letter"),
+                [(src.key, deadletter.encode(letter)) for src, letter in late.dead])
+        for source, letter in late.dead:
+            self.metrics.dead_letters.labels(source.topic, letter.reason).inc()
+        self.on_effects(late)
+
+    async def gauges(self) -> None:
+        """Open commands by status and the age of the oldest (cheap: partial index)."""
+        rows = await self.store.fetch("open_gauges")
+        seen = {"PENDING": 0, "RECEIVED": 0}
+        oldest: datetime | None = None
+        for row in rows:
+            seen[row["status"]] = row["n"]
+            if oldest is None or row["oldest"] < oldest:
+                oldest = row["oldest"]
+        for status, n in seen.items():
+            self.metrics.commands_open.labels(status).set(n)
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        self.metrics.oldest_open_age.set(max(age, 0.0))
+
+    async def tick(self) -> None:
+        """One pass of every duty."""
+        await self.expire()
+        await self.settle_held()
+        if time.monotonic() - self._last_repair > 10:
+            self._last_repair = time.monotonic()
+            if await self.store.fetch("wake_parked"):
+                fx = Effects()
+                fx.wake_push = True
+                self.on_effects(fx)
+            await self.gauges()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every interval until ``stop``."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except (StoreUnavailable, BrokerUnavailable) as exc:
+                log.warning("timer pass failed", extra={"error": str(exc)[:200]})
+            await sleep_unless(stop, self.settings.expiry_interval_s)

@@ -1,0 +1,142 @@
+"""The command lifecycle as pure functions: statuses, allowed transitions, deadlines, backoff.
+
+``PENDING -> RECEIVED -> DONE | ERROR``; ``PENDING -> DONE | ERROR`` (an ack may skip
+RECEIVED); ``PENDING | RECEIVED -> EXPIRED`` once ``createdAt + duration`` has passed;
+``PENDING | RECEIVED -> CANCEL`` on request. ``DONE ERROR EXPIRED CANCEL`` are terminal.
+No I/O here: the store applies these decisions as guarded statements.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Status of a command."""
+
+    PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
+    DONE = "DONE"
+    ERROR = "ERROR"
+    EXPIRED = "EXPIRED"
+    CANCEL = "CANCEL"
+
+
+class AckStatus(StrEnum):
+    """What a device gateway may report."""
+
+    RECEIVED = "RECEIVED"
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+
+class CommandType(StrEnum):
+    """Command types of seed 000 plus RELINQUISH_OWNERSHIP of the Android Management API."""
+
+    REBOOT = "REBOOT"
+    LOCK = "LOCK"
+    CLEAR_APP_DATA = "CLEAR_APP_DATA"
+    RESET_PASSWORD = "RESET_PASSWORD"  # noqa: S105 (a command name, not a password)
+    DISENROLL = "DISENROLL"
+    RELINQUISH_OWNERSHIP = "RELINQUISH_OWNERSHIP"
+
+
+OPEN: frozenset[Status] = frozenset({Status.PENDING, Status.RECEIVED})
+TERMINAL: frozenset[Status] = frozenset(Status) - OPEN
+
+_ACK_TARGET: dict[tuple[Status, AckStatus], Status] = {
+    (Status.PENDING, AckStatus.RECEIVED): Status.RECEIVED,
+    (Status.PENDING, AckStatus.DONE): Status.DONE,
+    (Status.PENDING, AckStatus.ERROR): Status.ERROR,
+    (Status.RECEIVED, AckStatus.DONE): Status.DONE,
+    (Status.RECEIVED, AckStatus.ERROR): Status.ERROR,
+}
+
+MAX_DURATION_S = 10 * 365 * 24 * 3600
+"""Longest validity accepted (ten years); longer ones are treated as invalid input."""
+
+
+def is_terminal(status: Status) -> bool:
+    """A terminal status never changes again."""
+    return status in TERMINAL
+
+
+def on_ack(current: Status, ack: AckStatus) -> Status | None:
+    """The status an ack moves a command to, or None when it changes nothing.
+
+    A repeated RECEIVED, a RECEIVED after DONE (out of order) and any ack after a
+    terminal status change nothing; the ack is still recorded in ``results``.
+    """
+    return _ACK_TARGET.get((current, ack))
+
+
+def can_expire(current: Status) -> bool:
+    """Only open commands expire."""
+    return current in OPEN
+
+
+def can_cancel(current: Status) -> bool:
+    """Only open commands can be cancelled."""
+    return current in OPEN
+
+
+def allowed(current: Status | None, target: Status) -> bool:
+    """Whether ``current -> target`` is a transition of the lifecycle (None: not yet stored)."""
+    if current is None:
+        return True
+    if current in TERMINAL:
+        return False
+    if target in (Status.EXPIRED, Status.CANCEL, Status.DONE, Status.ERROR):
+        return True
+    return current is Status.PENDING and target is Status.RECEIVED
+
+
+def effective_duration(duration_s: float | None, default_s: int) -> int:
+    """Seconds of validity: absent or 0 means the default."""
+    if not duration_s:
+        return default_s
+    return max(1, int(duration_s))
+
+
+def deadline(created_at: datetime, duration_s: int) -> datetime:
+    """When a command created at ``created_at`` with ``duration_s`` of validity expires."""
+    return created_at + timedelta(seconds=duration_s)
+
+
+def initial_status(expires_at: datetime, now: datetime) -> Status:
+    """A command already past its deadline when first seen is recorded EXPIRED, never pushed."""
+    return Status.EXPIRED if expires_at <= now else Status.PENDING
+
+
+def backoff_s(
+    attempt: int,
+    base_s: float,
+    max_s: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Delay before retry number ``attempt`` (1-based): exponential with full jitter.
+
+    The upper bound doubles with each attempt from ``base_s`` and is capped at ``max_s``;
+    the delay is drawn uniformly from ``[bound / 2, bound]`` so retries spread out but
+    never collapse to zero.
+    """
+    exponent = min(max(attempt, 1) - 1, 32)
+    bound = min(max_s, base_s * (2.0**exponent))
+    draw = (rng or random).random()
+    return bound / 2 + draw * bound / 2
+
+
+def retry_delay_s(
+    attempt: int,
+    base_s: float,
+    max_s: float,
+    retry_after_s: float | None,
+    rng: random.Random | None = None,
+) -> float:
+    """Delay before the next push attempt; a provider's Retry-After is a floor."""
+    delay = backoff_s(attempt, base_s, max_s, rng)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max_s))
+    return delay

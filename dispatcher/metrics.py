@@ -1,0 +1,109 @@
+"""Prometheus metrics: one container with an injected registry; code calls named hooks.
+
+Names and labels follow the contract. Label values are bounded sets (topics, outcomes,
+command types, statuses, reasons): never a command or device id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_COMPLETION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
+
+
+class Metrics:
+    """Every metric the dispatcher exports, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "dispatcher_events_consumed_total", "Input events consumed, by outcome",
+            ["topic", "outcome"], registry=r,
+        )
+        self.command_status = Counter(
+            "dispatcher_command_status_total", "Command transitions into a status",
+            ["command", "status"], registry=r,
+        )
+        self.push_requests = Counter(
+            "dispatcher_push_requests_total", "Push requests by provider and outcome",
+            ["provider", "outcome"], registry=r,
+        )
+        self.push_duration = Histogram(
+            "dispatcher_push_duration_seconds", "Push request latency",
+            ["provider"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.push_inflight = Gauge(
+            "dispatcher_push_inflight", "Push requests in flight", registry=r
+        )
+        self.dead_letters = Counter(
+            "dispatcher_dead_letters_total", "Inputs sent to the dead-letter topic",
+            ["topic", "reason"], registry=r,
+        )
+        self.completion = Histogram(
+            "dispatcher_command_completion_seconds", "Time from createdAt to a terminal status",
+            ["command", "status"], buckets=_COMPLETION_BUCKETS, registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "dispatcher_consumer_lag", "Records behind the end of each partition",
+            ["topic", "partition"], registry=r,
+        )
+        self.batch_duration = Histogram(
+            "dispatcher_batch_duration_seconds", "Time to make one consumed batch durable",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.commands_open = Gauge(
+            "dispatcher_commands_open", "Open commands by status (from PostgreSQL)",
+            ["status"], registry=r,
+        )
+        self.oldest_open_age = Gauge(
+            "dispatcher_oldest_open_command_age_seconds",
+            "Age of the oldest open command (from PostgreSQL)", registry=r,
+        )
+        self.expired = Counter(
+            "dispatcher_expired_total", "Commands the expiry timer marked EXPIRED", registry=r
+        )
+        self.status_published = Counter(
+            "dispatcher_status_events_published_total", "Status events relayed to Kafka",
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "dispatcher_status_outbox_backlog", "Status events waiting to be relayed", registry=r
+        )
+        self.held_events = Counter(
+            "dispatcher_held_events_total", "Acks and cancels held until their command arrives",
+            ["kind", "outcome"], registry=r,
+        )
+        self.push_repeats = Counter(
+            "dispatcher_push_repeats_total",
+            "Pushes sent again after a lost claim (a crash or a timeout mid-request)", registry=r,
+        )
+        self.dependency_up = Gauge(
+            "dispatcher_dependency_up", "Whether a dependency answers (1) or not (0)",
+            ["dependency"], registry=r,
+        )
+        self.db_pool_size = Gauge(
+            "dispatcher_db_pool_connections", "Database pool connections by state",
+            ["state"], registry=r,
+        )
+
+    def transitions(self, rows: Iterable[Any], now: datetime | None = None) -> None:
+        """Count transitions given rows with ``command``, ``status`` and ``created_at``."""
+        moment = now or datetime.now(UTC)
+        for row in rows:
+            command, status = row["command"], row["status"]
+            if status == row.get("previous"):
+                continue
+            self.command_status.labels(command, status).inc()
+            if status not in ("PENDING", "RECEIVED"):
+                age = (moment - row["created_at"]).total_seconds()
+                self.completion.labels(command, status).observe(max(age, 0.0))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

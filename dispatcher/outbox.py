@@ -1,0 +1,67 @@
+"""Relay of ``mdm.commands.status``: the transactional outbox, drained to Kafka.
+
+Every transition writes its status event into ``status_outbox`` in the same
+statement that moves the command. The relay takes rows in order (``FOR UPDATE SKIP
+LOCKED``, so replicas share the work), sends them, waits for the broker's
+acknowledgement and only then deletes them in the same transaction. A crash before
+the delete sends them again: status events are at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dispatcher.aio import sleep_unless, wait_any
+from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
+from dispatcher.kafka import Producer
+from dispatcher.lifecycle import backoff_s
+from dispatcher.metrics import Metrics
+from dispatcher.store import QUERIES, Store
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """Publishes status events in commit order, as soon as they are committed."""
+
+    def __init__(
+        self, store: Store, producer: Producer, topic: str, metrics: Metrics, batch: int = 1000
+    ) -> None:
+        self.store = store
+        self.producer = producer
+        self.topic = topic
+        self.metrics = metrics
+        self.batch = batch
+        self.wake = asyncio.Event()
+
+    async def relay_once(self) -> int:
+        """Send and delete one batch; return how many events went out."""
+        async with self.store.transaction() as conn:
+            rows = await conn.fetch(QUERIES["take_outbox"], self.batch)
+            if not rows:
+                return 0
+            await self.producer.send_all(
+                self.topic, [(r["aos_device"].encode(), r["payload"].encode()) for r in rows]
+            )
+            await conn.execute(QUERIES["delete_outbox"], [r["seq"] for r in rows])
+        self.metrics.status_published.inc(len(rows))
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event, poll_s: float = 0.5) -> None:
+        """Relay until ``stop``; woken early by :attr:`wake` after each committed batch."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                sent = await self.relay_once()
+                failures = 0
+            except (StoreUnavailable, BrokerUnavailable) as exc:
+                failures += 1
+                log.warning("status relay failed, retrying", extra={"error": str(exc)[:200]})
+                await sleep_unless(stop, backoff_s(failures, 0.2, 5.0))
+                continue
+            if sent >= self.batch:
+                continue
+            self.wake.clear()
+            await wait_any(stop, self.wake, timeout_s=poll_s)
+

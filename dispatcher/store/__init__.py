@@ -1,0 +1,169 @@
+"""PostgreSQL: the pool, the named queries of ``queries.sql`` and the migration runner.
+
+PostgreSQL holds all state. Driver errors are wrapped at this boundary: a lost
+connection or a server shutting down becomes :class:`StoreUnavailable` (retriable);
+anything else is a rejection of the data and propagates as ``asyncpg.PostgresError``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from dispatcher.exceptions import StoreUnavailable
+
+_TRANSIENT = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.PostgresConnectionError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+_LOCK_KEY = 0x646973706174  # "dispat"
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split a file of ``-- name: x`` blocks into {name: sql}."""
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip().rstrip(";")
+    return queries
+
+
+QUERIES = load_queries(resources.files(__package__).joinpath("queries.sql").read_text())
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may go away by retrying."""
+    return isinstance(exc, _TRANSIENT)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Store:
+    """The asyncpg pool and the named queries. ``Q`` maps a query name to its SQL."""
+
+    Q = QUERIES
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 10) -> Store:
+        """Open a pool; raise StoreUnavailable when the server cannot be reached."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=60,
+                max_inactive_connection_lifetime=60,
+            )
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close the pool, waiting briefly for connections in use."""
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside a transaction; transient failures become StoreUnavailable."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        """Run a named query outside an explicit transaction."""
+        try:
+            rows: list[asyncpg.Record] = await self.pool.fetch(self.Q[name], *args)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        return rows
+
+    async def execute(self, name: str, *args: Any) -> str:
+        """Run a named statement outside an explicit transaction."""
+        try:
+            status: str = await self.pool.execute(self.Q[name], *args)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        return status
+
+    async def ping(self) -> bool:
+        """Whether the database answers and the schema is migrated."""
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                applied = await conn.fetchval(
+                    "SELECT count(*) FROM schema_migrations", timeout=2
+                )
+        except (asyncpg.PostgresError, *_TRANSIENT):
+            return False
+        return bool(applied) and int(applied) >= len(migration_files())
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
+    """Numbered ``NNN_name.sql`` files in order."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        number, _, name = path.stem.partition("_")
+        if number.isdigit():
+            found.append((int(number), name, path))
+    return found
+
+
+async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """Apply pending migrations under an advisory lock; return the versions applied.
+
+    Safe to run concurrently: the second runner waits for the lock, then finds
+    nothing left to do. Each migration runs in its own transaction.
+    """
+    try:
+        conn = await asyncpg.connect(dsn)
+    except _TRANSIENT as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    applied: list[int] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, path in migration_files(directory):
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(version)
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied

@@ -1,0 +1,285 @@
+-- Every SQL statement of the dispatcher, as named blocks ("-- name: x").
+-- Each transition is one guarded statement: it cannot move a terminal command, and it
+-- writes its mdm.commands.status event into status_outbox in the same statement.
+
+-- name: upsert_devices
+-- Newer registry state wins; an older event (by updatedAt) changes nothing.
+INSERT INTO devices AS d (aos_device, organization, aos_enterprise, mdm_user, push_token, state, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+ON CONFLICT (aos_device) DO UPDATE
+SET organization = EXCLUDED.organization, aos_enterprise = EXCLUDED.aos_enterprise,
+    mdm_user = EXCLUDED.mdm_user, push_token = EXCLUDED.push_token,
+    state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
+WHERE d.updated_at <= EXCLUDED.updated_at
+RETURNING aos_device, state, push_token IS NOT NULL AS has_token;
+
+-- name: wake_devices
+-- Unparked commands of these devices become due for a push now.
+UPDATE commands SET next_push_at = now()
+WHERE aos_device = ANY($1::text[]) AND status = 'PENDING' AND next_push_at IS NULL
+  AND sent_at IS NULL
+RETURNING id;
+
+-- name: wake_parked
+-- Safety net: parked commands whose device has a token now (a missed wake-up).
+UPDATE commands c SET next_push_at = now()
+FROM devices d
+WHERE c.status = 'PENDING' AND c.next_push_at IS NULL AND c.sent_at IS NULL
+  AND d.aos_device = c.aos_device AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
+RETURNING c.id;
+
+-- name: cancel_disenrolled
+WITH target AS (
+    SELECT id, status AS previous FROM commands
+    WHERE aos_device = ANY($1::text[]) AND status IN ('PENDING', 'RECEIVED')
+    ORDER BY id FOR UPDATE
+), moved AS (
+    UPDATE commands c
+    SET status = 'CANCEL', updated_at = now(), finished_at = now(), secret = NULL,
+        next_push_at = NULL, push_lease_until = NULL,
+        error_type = 'DEVICE_DISENROLLED', error_message = 'the device was disenrolled'
+    FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
+    RETURNING c.*, t.previous
+), events AS (
+    INSERT INTO status_outbox (command_id, aos_device, payload)
+    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved;
+
+-- name: insert_commands
+-- The same id twice is one command: a duplicate inserts nothing and emits nothing.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
+                         $12::timestamptz[], $13::text[], $14::text[])
+        AS t(id, organization, aos_enterprise, aos_device, mdm_user, command, params, secret,
+             status, duration_s, expires_at, created_at, source, user_name)
+), inserted AS (
+    INSERT INTO commands (id, organization, aos_enterprise, aos_device, mdm_user, command, params,
+                          secret, status, duration_s, expires_at, created_at, updated_at,
+                          finished_at, next_push_at, source, user_name,
+                          error_type, error_message)
+    SELECT id, organization, aos_enterprise, aos_device, mdm_user, command, params,
+           CASE WHEN status = 'PENDING' THEN secret END, status, duration_s, expires_at,
+           created_at, now(),
+           CASE WHEN status <> 'PENDING' THEN now() END,
+           CASE WHEN status = 'PENDING' THEN now() END,
+           source, user_name,
+           CASE status WHEN 'EXPIRED' THEN 'EXPIRED_ON_ARRIVAL'
+                       WHEN 'CANCEL' THEN 'DEVICE_DISENROLLED' END,
+           CASE status WHEN 'EXPIRED' THEN 'the command''s validity had run out when it arrived'
+                       WHEN 'CANCEL' THEN 'the device is disenrolled' END
+    FROM input
+    ON CONFLICT (id) DO NOTHING
+    RETURNING *
+), events AS (
+    INSERT INTO status_outbox (command_id, aos_device, payload)
+    SELECT i.id, i.aos_device, dispatcher_status_event(i.id, i.organization, i.aos_device, i.command,
+           i.status, NULL, i.updated_at, i.push_id, i.error_type, i.error_message) FROM inserted i
+)
+SELECT id, status, command, created_at FROM inserted;
+
+-- name: lock_commands
+-- The current state of the commands a batch of acks touches, locked in id order.
+SELECT id, aos_device, status, results FROM commands
+WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
+
+-- name: apply_acks
+-- One row per command: its new status (or the same), the results to append, guarded by
+-- the status read under lock.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[])
+        AS t(id, expected, status, new_results, error_type, error_message)
+), moved AS (
+    UPDATE commands c
+    SET status = i.status,
+        results = c.results || i.new_results,
+        updated_at = now(),
+        error_type = CASE WHEN i.status <> i.expected THEN coalesce(i.error_type, c.error_type) ELSE c.error_type END,
+        error_message = CASE WHEN i.status <> i.expected THEN coalesce(i.error_message, c.error_message) ELSE c.error_message END,
+        finished_at = CASE WHEN i.status IN ('DONE', 'ERROR') AND i.status <> i.expected THEN now() ELSE c.finished_at END,
+        secret = CASE WHEN i.status IN ('DONE', 'ERROR') THEN NULL ELSE c.secret END,
+        next_push_at = CASE WHEN i.status = 'PENDING' THEN c.next_push_at END,
+        push_lease_until = CASE WHEN i.status = 'PENDING' THEN c.push_lease_until END
+    FROM input i
+    WHERE c.id = i.id AND c.status = i.expected
+    RETURNING c.*, i.expected AS previous
+), events AS (
+    INSERT INTO status_outbox (command_id, aos_device, payload)
+    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message)
+    FROM moved m WHERE m.status <> m.previous
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved;
+
+-- name: cancel_commands
+WITH target AS (
+    SELECT id, status AS previous FROM commands
+    WHERE id = ANY($1::text[]) AND status IN ('PENDING', 'RECEIVED')
+    ORDER BY id FOR UPDATE
+), moved AS (
+    UPDATE commands c
+    SET status = 'CANCEL', updated_at = now(), finished_at = now(), secret = NULL,
+        next_push_at = NULL, push_lease_until = NULL,
+        error_type = NULL, error_message = NULL
+    FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
+    RETURNING c.*, t.previous
+), events AS (
+    INSERT INTO status_outbox (command_id, aos_device, payload)
+    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved;
+
+-- name: command_devices
+SELECT id, aos_device, status FROM commands WHERE id = ANY($1::text[]);
+
+-- name: hold_events
+INSERT INTO held_events (kind, command_id, payload, source)
+SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[]);
+
+-- name: take_held_for
+DELETE FROM held_events WHERE command_id = ANY($1::text[])
+RETURNING kind, command_id, payload, source, seq;
+
+-- name: take_held_ready
+-- Held events whose command exists now, oldest first; deleted as they are taken.
+DELETE FROM held_events h
+WHERE h.seq IN (
+    SELECT h2.seq FROM held_events h2
+    WHERE EXISTS (SELECT 1 FROM commands c WHERE c.id = h2.command_id)
+    ORDER BY h2.seq LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING kind, command_id, payload, source, seq;
+
+-- name: take_held_overdue
+-- Held events whose command never came within the hold window.
+DELETE FROM held_events h
+WHERE h.seq IN (
+    SELECT seq FROM held_events
+    WHERE held_at < now() - $1 * interval '1 second'
+    ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
+RETURNING kind, command_id, payload, source, seq;
+
+-- name: expire_due
+-- Open commands past their deadline become EXPIRED; SKIP LOCKED lets replicas share it.
+WITH due AS (
+    SELECT id, status AS previous FROM commands
+    WHERE status IN ('PENDING', 'RECEIVED') AND expires_at <= now()
+    ORDER BY expires_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE commands c
+    SET status = 'EXPIRED', updated_at = now(), finished_at = now(), secret = NULL,
+        next_push_at = NULL, push_lease_until = NULL
+    FROM due d WHERE c.id = d.id AND c.status IN ('PENDING', 'RECEIVED')
+    RETURNING c.*, d.previous
+), events AS (
+    INSERT INTO status_outbox (command_id, aos_device, payload)
+    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved;
+
+-- name: claim_pushes
+-- Claim pushes that are due: at most one per device, only the device's oldest unsent
+-- command (or a re-push), never while another push for the device is in flight.
+-- The claim is a lease: an unanswered claim becomes due again when it runs out.
+-- Rows that cannot go now (no token, or waiting behind an earlier command) are parked.
+WITH due AS (
+    SELECT c.id FROM commands c
+    WHERE c.status = 'PENDING' AND c.next_push_at IS NOT NULL AND c.next_push_at <= now()
+    ORDER BY c.next_push_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), candidates AS (
+    SELECT c.id, c.aos_device, c.created_at, c.seq, c.push_lease_until AS old_lease,
+           CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
+           NOT EXISTS (
+               SELECT 1 FROM commands o
+               WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.id <> c.id
+                 AND ((o.sent_at IS NULL AND c.sent_at IS NULL
+                       AND (o.created_at, o.seq) < (c.created_at, c.seq))
+                      OR o.push_lease_until > now())
+           ) AS is_head
+    FROM due JOIN commands c ON c.id = due.id
+    LEFT JOIN devices dv ON dv.aos_device = c.aos_device
+), chosen AS (
+    SELECT DISTINCT ON (aos_device) id FROM candidates
+    WHERE is_head AND push_token IS NOT NULL
+    ORDER BY aos_device, created_at, seq
+), updated AS (
+    UPDATE commands c
+    SET push_lease_until = CASE WHEN ch.id IS NOT NULL THEN now() + $2 * interval '1 second' END,
+        next_push_at = CASE WHEN ch.id IS NOT NULL OR c.sent_at IS NOT NULL
+                            THEN now() + $2 * interval '1 second' END,
+        push_attempts = c.push_attempts + (ch.id IS NOT NULL)::int
+    FROM candidates k LEFT JOIN chosen ch ON ch.id = k.id
+    WHERE c.id = k.id
+    RETURNING c.id, c.organization, c.aos_device, c.command, c.params, c.secret, c.status,
+              c.expires_at, c.created_at, c.push_attempts, c.pushes, k.push_token,
+              k.old_lease IS NOT NULL AS reclaimed, ch.id IS NOT NULL AS claimed
+)
+SELECT * FROM updated WHERE claimed;
+
+-- name: push_accepted
+-- The provider took the push: record it, release the lease, plan a re-push if wanted,
+-- and let the device's next command go.
+WITH done AS (
+    UPDATE commands
+    SET push_id = $2, sent_at = now(), delivery_expires_at = $3, pushes = pushes + 1,
+        push_lease_until = NULL, updated_at = now(),
+        next_push_at = CASE WHEN $4::float8 > 0 AND pushes + 1 <= $5::int
+                            THEN now() + $4::float8 * interval '1 second' END
+    WHERE id = $1 AND status IN ('PENDING', 'RECEIVED')
+    RETURNING aos_device
+)
+UPDATE commands c SET next_push_at = now()
+FROM done
+WHERE c.aos_device = done.aos_device AND c.status = 'PENDING' AND c.next_push_at IS NULL
+  AND c.sent_at IS NULL;
+
+-- name: push_retry
+UPDATE commands
+SET push_lease_until = NULL, next_push_at = now() + $2::float8 * interval '1 second'
+WHERE id = $1 AND status = 'PENDING';
+
+-- name: push_rejected
+-- A permanent rejection ends the command in ERROR.
+WITH moved AS (
+    UPDATE commands c
+    SET status = 'ERROR', updated_at = now(), finished_at = now(), secret = NULL,
+        next_push_at = NULL, push_lease_until = NULL, error_type = $2, error_message = $3
+    WHERE c.id = $1 AND c.status = 'PENDING'
+    RETURNING c.*, 'PENDING'::text AS previous
+), events AS (
+    INSERT INTO status_outbox (command_id, aos_device, payload)
+    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved;
+
+-- name: take_outbox
+SELECT seq, command_id, aos_device, payload::text AS payload FROM status_outbox
+ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED;
+
+-- name: delete_outbox
+DELETE FROM status_outbox WHERE seq = ANY($1::bigint[]);
+
+-- name: open_gauges
+SELECT status, count(*) AS n, min(created_at) AS oldest FROM commands
+WHERE status IN ('PENDING', 'RECEIVED') GROUP BY status;
+
+-- name: get_command
+SELECT * FROM commands WHERE id = $1;
+
+-- name: get_device
+SELECT * FROM devices WHERE aos_device = $1;
+
+-- name: list_commands
+-- A device's commands, newest first, keyset-paginated by (created_at, id).
+SELECT * FROM commands
+WHERE aos_device = $1
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::text))
+ORDER BY created_at DESC, id DESC
+LIMIT $5;

@@ -1,0 +1,75 @@
+"""The core pipeline on a real broker and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.fakepushy import FakePushy
+from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
+from tests.service import PUSHY_KEY, running
+
+
+@pytest.fixture(scope="module")
+async def kafka(settings: Settings) -> Kafka:
+    k = Kafka(settings.kafka_bootstrap, settings.topic_prefix)
+    await k.start()
+    yield k
+    await k.stop()
+
+
+@pytest.fixture(scope="module")
+async def pushy() -> FakePushy:
+    fake = FakePushy(PUSHY_KEY)
+    url = await fake.start()
+    fake.url = url  # type: ignore[attr-defined]
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture(scope="module")
+async def service(settings: Settings, pushy: FakePushy):
+    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
+        yield rt
+
+
+async def status_of(dsn: str, command_id: str) -> str | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT status FROM commands WHERE id = $1", command_id)
+    finally:
+        await conn.close()
+
+
+async def test_command_is_pushed_and_acked_to_done(service, kafka: Kafka, pushy: FakePushy,
+                                                   settings: Settings) -> None:
+    device = hex24()
+    await kafka.send("devices", device_event(device))
+    cmd = command_event(device, command="REBOOT")
+    await kafka.send("commands.created", cmd)
+    await wait_for(lambda: _pushed(pushy, cmd["id"]), what="the push")
+    push = next(r for r in pushy.accepted if r.data.get("commandId") == cmd["id"])
+    assert push.to == f"tok-{device}"
+    assert 590 <= push.time_to_live <= 600
+    await kafka.send("device-acks", ack_event(cmd["id"], device, "RECEIVED"))
+    await kafka.send("device-acks", ack_event(cmd["id"], device, "DONE"))
+    await wait_for(lambda: _is(settings.database_url, cmd["id"], "DONE"), what="DONE")
+    events = await wait_for(lambda: _status_events(kafka, cmd["id"], 3), what="3 status events")
+    assert [(e["previousStatus"], e["status"]) for e in events] == [
+        (None, "PENDING"), ("PENDING", "RECEIVED"), ("RECEIVED", "DONE")]
+    assert events[-1]["pushId"] == push.push_id
+
+
+async def _pushed(pushy: FakePushy, command_id: str) -> bool:
+    return any(r.data.get("commandId") == command_id for r in pushy.accepted)
+
+
+async def _is(dsn: str, command_id: str, status: str) -> bool:
+    return await status_of(dsn, command_id) == status
+
+
+async def _status_events(kafka: Kafka, command_id: str, n: int) -> list[dict] | None:
+    events = [e for e in await kafka.read("commands.status", timeout_s=0.3)
+              if isinstance(e, dict) and e.get("id") == command_id]
+    return events if len(events) >= n else None

@@ -1,0 +1,54 @@
+"""Settings come from DISPATCHER_* variables only, with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.config import VARIABLES, Settings
+from dispatcher.exceptions import ConfigError
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = Settings.from_env({})
+    assert (s.http_host, s.http_port, s.push_provider) == ("127.0.0.1", 8080, "pushy")
+    assert (s.pushy_api_url, s.push_concurrency) == ("https://api.pushy.me", 64)
+    assert (s.default_duration_s, s.expiry_interval_s, s.topic_prefix) == (600, 1.0, "mdm.")
+
+
+def test_values_are_read_and_converted() -> None:
+    s = Settings.from_env({"DISPATCHER_HTTP_PORT": "9000", "DISPATCHER_EXPIRY_INTERVAL_S": "0.5",
+                           "DISPATCHER_KAFKA_ENABLE_IDEMPOTENCE": "true"})
+    assert (s.http_port, s.expiry_interval_s, s.kafka_enable_idempotence) == (9000, 0.5, True)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("DISPATCHER_HTTP_PORT", "eighty"),
+    ("DISPATCHER_PUSH_PROVIDER", "carrier-pigeon"),
+    ("DISPATCHER_PUSH_CONCURRENCY", "0"),
+    ("DISPATCHER_KAFKA_ENABLE_IDEMPOTENCE", "maybe"),
+])
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_run_requires_both_servers() -> None:
+    with pytest.raises(ConfigError, match="DISPATCHER_KAFKA_BOOTSTRAP"):
+        Settings.from_env({}).require_servers()
+
+
+def test_redacted_settings_hide_secrets() -> None:
+    s = Settings.from_env({"DISPATCHER_PUSHY_API_KEY": "sk-123",
+                           "DISPATCHER_DATABASE_URL": "postgresql://u:pw@h/db"})
+    shown = str(s.redacted())
+    assert "sk-123" not in shown and "pw@" not in shown
+
+
+def test_every_contract_variable_exists() -> None:
+    names = {name for name, _, _ in VARIABLES}
+    for name in ("DISPATCHER_KAFKA_BOOTSTRAP", "DISPATCHER_DATABASE_URL", "DISPATCHER_HTTP_HOST",
+                 "DISPATCHER_HTTP_PORT", "DISPATCHER_PUSH_PROVIDER", "DISPATCHER_PUSHY_API_URL",
+                 "DISPATCHER_PUSHY_API_KEY", "DISPATCHER_PUSH_CONCURRENCY",
+                 "DISPATCHER_JWT_SECRET", "DISPATCHER_DEFAULT_DURATION_S",
+                 "DISPATCHER_EXPIRY_INTERVAL_S", "DISPATCHER_TOPIC_PREFIX"):
+        assert name in names

@@ -1,0 +1,99 @@
+"""The pure lifecycle: transitions, deadlines and backoff, property-based, without servers."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatcher import lifecycle
+from dispatcher.lifecycle import OPEN, TERMINAL, AckStatus, Status
+
+statuses = st.sampled_from(list(Status))
+acks = st.sampled_from(list(AckStatus))
+ack_sequences = st.lists(acks, max_size=12)
+
+
+def run(acks_seen: list[AckStatus], start: Status = Status.PENDING) -> list[Status]:
+    """Statuses visited by applying acks in order (the first is the start)."""
+    visited = [start]
+    for ack in acks_seen:
+        nxt = lifecycle.on_ack(visited[-1], ack)
+        if nxt is not None:
+            visited.append(nxt)
+    return visited
+
+
+@given(ack_sequences)
+def test_every_path_is_allowed_and_never_repeats_a_status(seq: list[AckStatus]) -> None:
+    path = run(seq)
+    for before, after in zip(path, path[1:], strict=False):
+        assert lifecycle.allowed(before, after)
+    assert len(path) == len(set(path)), "a command never moves to the same status twice"
+
+
+@given(ack_sequences)
+def test_terminal_states_never_move(seq: list[AckStatus]) -> None:
+    path = run(seq)
+    for i, status in enumerate(path):
+        if status in TERMINAL:
+            assert i == len(path) - 1
+
+
+@given(statuses, acks)
+def test_acks_after_terminal_change_nothing(status: Status, ack: AckStatus) -> None:
+    if status in TERMINAL:
+        assert lifecycle.on_ack(status, ack) is None
+
+
+@given(ack_sequences)
+def test_done_before_received_ends_done(seq: list[AckStatus]) -> None:
+    path = run([AckStatus.DONE, *seq])
+    assert path == [Status.PENDING, Status.DONE]
+
+
+def test_the_contract_transitions() -> None:
+    assert lifecycle.on_ack(Status.PENDING, AckStatus.RECEIVED) is Status.RECEIVED
+    assert lifecycle.on_ack(Status.RECEIVED, AckStatus.DONE) is Status.DONE
+    assert lifecycle.on_ack(Status.RECEIVED, AckStatus.ERROR) is Status.ERROR
+    assert lifecycle.on_ack(Status.PENDING, AckStatus.ERROR) is Status.ERROR
+    assert lifecycle.on_ack(Status.RECEIVED, AckStatus.RECEIVED) is None
+    assert {s for s in Status if lifecycle.can_expire(s)} == set(OPEN)
+    assert {s for s in Status if lifecycle.can_cancel(s)} == set(OPEN)
+
+
+@given(st.one_of(st.none(), st.just(0), st.floats(min_value=0.001, max_value=1e8)),
+       st.integers(min_value=1, max_value=10**6))
+def test_duration_absent_or_zero_means_default(duration: float | None, default: int) -> None:
+    got = lifecycle.effective_duration(duration, default)
+    if not duration:
+        assert got == default
+    else:
+        assert got >= 1
+        assert got == max(1, int(duration))
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                    timezones=st.just(UTC)),
+       st.integers(min_value=1, max_value=lifecycle.MAX_DURATION_S))
+def test_deadline_and_initial_status(created: datetime, duration: int) -> None:
+    expires = lifecycle.deadline(created, duration)
+    assert expires - created == timedelta(seconds=duration)
+    assert lifecycle.initial_status(expires, expires - timedelta(microseconds=1)) is Status.PENDING
+    assert lifecycle.initial_status(expires, expires) is Status.EXPIRED
+
+
+@given(st.integers(min_value=1, max_value=200), st.floats(min_value=0.01, max_value=10),
+       st.floats(min_value=10, max_value=600), st.integers(min_value=0, max_value=2**32))
+def test_backoff_grows_within_bounds(attempt: int, base: float, cap: float, seed: int) -> None:
+    delay = lifecycle.backoff_s(attempt, base, cap, random.Random(seed))
+    bound = min(cap, base * 2 ** min(attempt - 1, 32))
+    assert bound / 2 <= delay <= bound
+
+
+@given(st.integers(min_value=1, max_value=50), st.floats(min_value=0, max_value=1000))
+def test_retry_after_is_a_floor(attempt: int, retry_after: float) -> None:
+    delay = lifecycle.retry_delay_s(attempt, 0.1, 300.0, retry_after, random.Random(1))
+    assert delay >= min(retry_after, 300.0)

@@ -28,6 +28,7 @@ types: $(STAMP)
 all: lint types test
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 schemas: $(STAMP)

@@ -6,11 +6,19 @@ command types, statuses, reasons): never a command or device id.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _COMPLETION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
@@ -91,6 +99,32 @@ class Metrics:
             "dispatcher_db_pool_connections", "Database pool connections by state",
             ["state"], registry=r,
         )
+        self.db_pool_max = Gauge(
+            "dispatcher_db_pool_max_connections", "Largest size the database pool may grow to",
+            registry=r,
+        )
+        self.outbox_oldest_age = Gauge(
+            "dispatcher_status_outbox_oldest_age_seconds",
+            "Age of the oldest status event waiting to be relayed (0: none waiting)", registry=r,
+        )
+        self.build = Info("dispatcher_build", "Version of the running dispatcher", registry=r)
+        self.build.info({"version": _version()})
+
+    def readiness(self, checks: Mapping[str, bool]) -> None:
+        """Record the result of a readiness check: one ``dependency_up`` series per check."""
+        for dependency, ok in checks.items():
+            self.dependency_up.labels(dependency).set(int(ok))
+
+    def pool(self, size: int, idle: int, maximum: int) -> None:
+        """Record the database pool: connections open, idle and the configured maximum."""
+        self.db_pool_size.labels("open").set(size)
+        self.db_pool_size.labels("idle").set(idle)
+        self.db_pool_max.set(maximum)
+
+    def outbox(self, backlog: int, oldest_age_s: float) -> None:
+        """Record the status outbox: events waiting and the age of the oldest."""
+        self.outbox_backlog.set(backlog)
+        self.outbox_oldest_age.set(max(oldest_age_s, 0.0))
 
     def transitions(self, rows: Iterable[Any], now: datetime | None = None) -> None:
         """Count transitions given rows with ``command``, ``status`` and ``created_at``."""
@@ -107,3 +141,10 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dispatcher")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -53,8 +53,7 @@ async def readyz(request: web.Request) -> web.Response:
     consuming = rt.consumer is not None and rt.consumer.consumer is not None
     checks = {"postgres": postgres, "kafka": kafka, "consumer": consuming}
     ready = all(checks.values())
-    rt.metrics.dependency_up.labels("postgres").set(int(postgres))
-    rt.metrics.dependency_up.labels("kafka").set(int(kafka))
+    rt.metrics.readiness(checks)
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     if rt.pusher is not None:
         body["pushProvider"] = "ok" if rt.pusher.provider_healthy else "failing"
@@ -66,8 +65,7 @@ async def metrics(request: web.Request) -> web.Response:
     rt: Runtime = request.app[RUNTIME]
     if rt.store is not None:
         pool = rt.store.pool
-        rt.metrics.db_pool_size.labels("open").set(pool.get_size())
-        rt.metrics.db_pool_size.labels("idle").set(pool.get_idle_size())
+        rt.metrics.pool(pool.get_size(), pool.get_idle_size(), pool.get_max_size())
     return web.Response(body=rt.metrics.render(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,13 +1,53 @@
-"""Bearer tokens: JWTs with ``org`` (organization ids or ``["*"]``), ``permissions`` and ``exp``."""
+"""Bearer tokens: JWTs with ``org`` (organization ids or ``["*"]``), ``permissions`` and ``exp``.
+
+HS256 tokens are checked with ``DISPATCHER_JWT_SECRET``; RS256 tokens with
+``DISPATCHER_JWT_PUBLIC_KEY`` when it is set. The algorithm a token names picks the key,
+and a key is only ever used with its own algorithm (no HS256-with-the-public-key
+confusion). ``exp`` is required.
+"""
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+from dispatcher.config import Settings
 
 PERMISSIONS = ("mdm.aosp.command.create", "mdm.aosp.command.read", "mdm.aosp.command.cancel")
+CREATE, READ, CANCEL = PERMISSIONS
+ANY_ORG = "*"
+
+
+class AuthError(Exception):
+    """A request without a valid token, or without the right to do what it asks."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # missing | invalid | forbidden | org
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a valid token speaks for."""
+
+    subject: str
+    orgs: frozenset[str]
+    permissions: frozenset[str]
+
+    def require(self, permission: str) -> None:
+        """Raise AuthError(forbidden) unless the token grants ``permission``."""
+        if permission not in self.permissions:
+            raise AuthError("forbidden", f"Permission denied: {permission} is required")
+
+    def covers(self, organization: str) -> bool:
+        """Whether the token may act for ``organization``."""
+        return ANY_ORG in self.orgs or organization in self.orgs
 
 
 def mint(secret: str, orgs: Sequence[str], permissions: Sequence[str] = PERMISSIONS,
@@ -16,4 +56,52 @@ def mint(secret: str, orgs: Sequence[str], permissions: Sequence[str] = PERMISSI
     now = int(time.time())
     claims = {"sub": subject, "org": list(orgs), "permissions": list(permissions),
               "iat": now, "exp": now + ttl_s}
-    return jwt.encode(claims, secret, algorithm="HS256")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if header is None or not header.strip():
+        raise AuthError("missing", "No auth token")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError("invalid", "Invalid Token")
+    if not token.strip():
+        raise AuthError("missing", "No auth token")
+    return token.strip()
+
+
+def verify(token: str, settings: Settings) -> Principal:
+    """Check a token's signature, expiry and claims; raise AuthError(invalid) otherwise."""
+    try:
+        alg = str(jwt.get_unverified_header(token).get("alg"))
+        key = _key_for(alg, settings)
+        with warnings.catch_warnings():
+            # A short HS256 secret is the operator's choice; it must not fail requests.
+            warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+            claims = jwt.decode(token, key, algorithms=[alg], options={"require": ["exp"]})
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise AuthError("invalid", "Invalid Token") from exc
+    orgs, perms = claims.get("org"), claims.get("permissions", [])
+    if not isinstance(orgs, list) or not _strings(orgs) or not _strings(perms):
+        raise AuthError("invalid", "Invalid Token")
+    return Principal(str(claims.get("sub", "")), frozenset(orgs), frozenset(perms or []))
+
+
+def authenticate(header: str | None, settings: Settings) -> Principal:
+    """The principal of an Authorization header, or AuthError."""
+    return verify(bearer(header), settings)
+
+
+def _key_for(alg: str, settings: Settings) -> str:
+    if alg == "HS256" and settings.jwt_secret:
+        return settings.jwt_secret
+    if alg == "RS256" and settings.jwt_public_key:
+        return settings.jwt_public_key
+    raise ValueError(f"no key for algorithm {alg!r}")
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -33,7 +33,7 @@ class AckStatus(StrEnum):
 
 
 class CommandType(StrEnum):
-    """Command types of seed 000 plus RELINQUISH_OWNERSHIP of the Android Management API."""
+    """Command types of seed 000 plus those of the Android Management API (seed 001)."""
 
     REBOOT = "REBOOT"
     LOCK = "LOCK"
@@ -41,6 +41,12 @@ class CommandType(StrEnum):
     RESET_PASSWORD = "RESET_PASSWORD"  # noqa: S105 (a command name, not a password)
     DISENROLL = "DISENROLL"
     RELINQUISH_OWNERSHIP = "RELINQUISH_OWNERSHIP"
+    START_LOST_MODE = "START_LOST_MODE"
+    STOP_LOST_MODE = "STOP_LOST_MODE"
+    ADD_ESIM = "ADD_ESIM"
+    REMOVE_ESIM = "REMOVE_ESIM"
+    REQUEST_DEVICE_INFO = "REQUEST_DEVICE_INFO"
+    WIPE = "WIPE"
 
 
 OPEN: frozenset[Status] = frozenset({Status.PENDING, Status.RECEIVED})

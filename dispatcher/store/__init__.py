@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from dispatcher.exceptions import StoreUnavailable
+from dispatcher.exceptions import ConfigError, StoreUnavailable
 
 _TRANSIENT = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -154,7 +154,10 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, path in migration_files(directory):
+        files = migration_files(directory)
+        if not files:
+            raise ConfigError(f"no migrations found in {directory}")
+        for version, name, path in files:
             if version in done:
                 continue
             async with conn.transaction():

@@ -1,0 +1,375 @@
+"""Seed 001: the Android Management API dialect (``enterprises.devices.issueCommand``).
+
+``enterpriseId`` is the device's ``aosEnterprise`` and ``deviceId`` its ``aosDevice``; the
+device must be registered with that enterprise and the token's ``org`` must cover its
+organization (otherwise 404, so a token never learns that another organization's device
+exists). A ``Command`` becomes a stored command whose ``params`` hold the command's
+parameters under their AMAPI names; it is answered as an ``Operation`` named
+``enterprises/{e}/devices/{d}/operations/{commandId}``.
+
+Ack data convention: a device gateway reports the output-only status objects of a
+command in the ``data`` of its DONE or ERROR ack under their AMAPI names
+(``clearAppsDataStatus``, ``startLostModeStatus``, ``stopLostModeStatus``,
+``esimStatus``, ``requestDeviceInfoStatus``), e.g.
+``{"clearAppsDataStatus": {"results": {"com.example": {"clearingResult": "SUCCESS"}}}}``;
+the latest such ack's objects appear in the operation's metadata. An ERROR ack's
+``errorType`` becomes ``errorCode`` when it is a CommandErrorCode, else ``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dispatcher import auth
+from dispatcher.lifecycle import MAX_DURATION_S, Status
+from dispatcher.routes import (
+    ApiError,
+    Code,
+    authorize,
+    cancel_command,
+    create_command,
+    hex_id,
+    invalid,
+    iso,
+    list_page,
+    query_int,
+    read_json,
+    store_of,
+    validate,
+)
+from dispatcher.secretbox import redact
+
+PREFIX = "/v1/enterprises/{enterpriseId}/devices/"
+COMMAND_TYPE = "type.googleapis.com/google.android.management.v1.Command"
+DURATION = re.compile(r"^([0-9]{1,12})(\.[0-9]{1,9})?s$")
+PACKAGE = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"
+PAGE_DEFAULT, PAGE_MAX = 50, 100
+
+CommandTypeName = Literal[
+    "COMMAND_TYPE_UNSPECIFIED", "LOCK", "RESET_PASSWORD", "REBOOT", "RELINQUISH_OWNERSHIP",
+    "CLEAR_APP_DATA", "START_LOST_MODE", "STOP_LOST_MODE", "ADD_ESIM", "REMOVE_ESIM",
+    "REQUEST_DEVICE_INFO", "WIPE"]
+ResetPasswordFlag = Literal["RESET_PASSWORD_FLAG_UNSPECIFIED", "REQUIRE_ENTRY",
+                            "DO_NOT_ASK_CREDENTIALS_ON_BOOT", "LOCK_NOW"]
+WipeDataFlag = Literal["WIPE_DATA_FLAG_UNSPECIFIED", "PRESERVE_RESET_PROTECTION_DATA",
+                       "WIPE_EXTERNAL_STORAGE", "WIPE_ESIMS"]
+ERROR_CODES = frozenset({"UNKNOWN", "API_LEVEL", "MANAGEMENT_MODE", "INVALID_VALUE",
+                         "UNSUPPORTED"})
+PARAM_FIELDS: dict[str, str] = {
+    "clearAppsDataParams": "CLEAR_APP_DATA", "startLostModeParams": "START_LOST_MODE",
+    "stopLostModeParams": "STOP_LOST_MODE", "addEsimParams": "ADD_ESIM",
+    "removeEsimParams": "REMOVE_ESIM", "requestDeviceInfoParams": "REQUEST_DEVICE_INFO",
+    "wipeParams": "WIPE",
+}
+REQUIRED_PARAMS = {"CLEAR_APP_DATA", "START_LOST_MODE", "ADD_ESIM", "REMOVE_ESIM",
+                   "REQUEST_DEVICE_INFO"}
+STATUS_FIELDS = ("clearAppsDataStatus", "startLostModeStatus", "stopLostModeStatus",
+                 "esimStatus", "requestDeviceInfoStatus")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserFacingMessage(_Strict):
+    """A message with per-locale translations."""
+
+    localizedMessages: dict[str, str] | None = None
+    defaultMessage: str | None = Field(default=None, max_length=2000)
+
+
+class ClearAppsDataParams(_Strict):
+    """Apps whose data CLEAR_APP_DATA clears."""
+
+    packageNames: list[str] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _packages(self) -> ClearAppsDataParams:
+        for name in self.packageNames:
+            if len(name) > 255 or not re.fullmatch(PACKAGE, name):
+                raise ValueError("packageNames: each must be an Android package name")
+        return self
+
+
+class StartLostModeParams(_Strict):
+    """What a lost device shows; at least one item besides the organization."""
+
+    lostMessage: UserFacingMessage | None = None
+    lostPhoneNumber: UserFacingMessage | None = None
+    lostEmailAddress: str | None = Field(default=None, max_length=320)
+    lostStreetAddress: UserFacingMessage | None = None
+    lostOrganization: UserFacingMessage | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> StartLostModeParams:
+        if not (self.lostMessage or self.lostPhoneNumber or self.lostEmailAddress
+                or self.lostStreetAddress):
+            raise ValueError("set at least one of lostMessage, lostPhoneNumber, "
+                             "lostEmailAddress, lostStreetAddress")
+        return self
+
+
+class StopLostModeParams(_Strict):
+    """STOP_LOST_MODE takes no parameters."""
+
+
+class AddEsimParams(_Strict):
+    """The eSIM profile ADD_ESIM installs."""
+
+    activationCode: str = Field(min_length=1, max_length=2000)
+    activationState: Literal["ACTIVATION_STATE_UNSPECIFIED", "ACTIVATED",
+                             "NOT_ACTIVATED"] | None = None
+
+
+class RemoveEsimParams(_Strict):
+    """The eSIM profile REMOVE_ESIM removes."""
+
+    iccId: str = Field(pattern=r"^[0-9A-Fa-f]{18,22}$")
+
+
+class RequestDeviceInfoParams(_Strict):
+    """Which device information REQUEST_DEVICE_INFO asks for."""
+
+    deviceInfo: Literal["EID"]
+
+
+class WipeParams(_Strict):
+    """How WIPE wipes."""
+
+    wipeDataFlags: list[WipeDataFlag] | None = Field(default=None, max_length=8)
+    wipeReason: UserFacingMessage | None = None
+
+
+class CommandRequest(_Strict):
+    """The body of ``:issueCommand``: an AMAPI ``Command``. Output-only fields are ignored."""
+
+    type: CommandTypeName | None = None
+    duration: str | None = Field(default=None, pattern=r"^[0-9]{1,12}(\.[0-9]{1,9})?s$")
+    newPassword: str | None = Field(default=None, max_length=256)
+    resetPasswordFlags: list[ResetPasswordFlag] | None = Field(default=None, max_length=8)
+    clearAppsDataParams: ClearAppsDataParams | None = None
+    startLostModeParams: StartLostModeParams | None = None
+    stopLostModeParams: StopLostModeParams | None = None
+    addEsimParams: AddEsimParams | None = None
+    removeEsimParams: RemoveEsimParams | None = None
+    requestDeviceInfoParams: RequestDeviceInfoParams | None = None
+    wipeParams: WipeParams | None = None
+    createTime: str | None = Field(default=None, max_length=64)
+    userName: str | None = Field(default=None, max_length=512)
+    errorCode: str | None = Field(default=None, max_length=64)
+    clearAppsDataStatus: dict[str, Any] | None = None
+    startLostModeStatus: dict[str, Any] | None = None
+    stopLostModeStatus: dict[str, Any] | None = None
+    esimStatus: dict[str, Any] | None = None
+    requestDeviceInfoStatus: dict[str, Any] | None = None
+
+
+class OperationError(BaseModel):
+    """Why an operation did not succeed (google.rpc.Status)."""
+
+    code: int
+    message: str
+
+
+class Operation(BaseModel):
+    """A command as a long-running operation; ``metadata`` is the Command."""
+
+    name: str
+    metadata: dict[str, Any]
+    done: bool
+    error: OperationError | None = None
+
+
+class ListOperationsResponse(BaseModel):
+    """One page of operations, newest first."""
+
+    operations: list[Operation]
+    nextPageToken: str | None = None
+
+
+class GoogleErrorDetail(BaseModel):
+    """Google's error body."""
+
+    code: int
+    message: str
+    status: str
+
+
+class GoogleError(BaseModel):
+    """``{"error": {"code", "message", "status"}}``."""
+
+    error: GoogleErrorDetail
+
+
+def plan(cmd: CommandRequest) -> tuple[str, dict[str, Any], float | None]:
+    """The stored (command type, params, duration seconds) of a valid Command, or 400."""
+    given = [f for f in PARAM_FIELDS if getattr(cmd, f) is not None]
+    if len(given) > 1:
+        raise invalid(f"only one of {', '.join(PARAM_FIELDS)} may be set")
+    kind: str | None = cmd.type if cmd.type != "COMMAND_TYPE_UNSPECIFIED" else None
+    if kind is None and given:
+        kind = PARAM_FIELDS[given[0]]
+    if kind is None:
+        raise invalid("type: COMMAND_TYPE_UNSPECIFIED is not allowed")
+    if given and PARAM_FIELDS[given[0]] != kind:
+        raise invalid(f"{given[0]}: only valid with type {PARAM_FIELDS[given[0]]}")
+    if kind in REQUIRED_PARAMS and not given:
+        field = next(f for f, t in PARAM_FIELDS.items() if t == kind)
+        raise invalid(f"{field}: required for type {kind}")
+    if kind != "RESET_PASSWORD" and (cmd.newPassword is not None or cmd.resetPasswordFlags):
+        raise invalid("newPassword, resetPasswordFlags: only valid with type RESET_PASSWORD")
+    params: dict[str, Any] = {}
+    if cmd.newPassword is not None:
+        params["newPassword"] = cmd.newPassword
+    flags = [f for f in cmd.resetPasswordFlags or [] if f != "RESET_PASSWORD_FLAG_UNSPECIFIED"]
+    if flags:
+        params["resetPasswordFlags"] = flags
+    if given:
+        params[given[0]] = getattr(cmd, given[0]).model_dump(exclude_none=True)
+    return kind, params, _seconds(cmd.duration)
+
+
+def _seconds(duration: str | None) -> float | None:
+    if duration is None:
+        return None
+    match = DURATION.fullmatch(duration)
+    if match is None:
+        raise invalid("duration: must be a Duration such as \"600s\" or \"3.5s\"")
+    value = Decimal(match.group(1) + (match.group(2) or ""))
+    if value > MAX_DURATION_S:
+        raise invalid(f"duration: at most {MAX_DURATION_S}s")
+    return float(value)
+
+
+def operation(row: Any) -> dict[str, Any]:
+    """The ``Operation`` of a ``commands`` row (never with a secret)."""
+    e, d = row["aos_enterprise"], row["aos_device"]
+    meta: dict[str, Any] = {"@type": COMMAND_TYPE, "type": row["command"],
+                            "createTime": iso(row["created_at"]),
+                            "duration": f"{row['duration_s']}s"}
+    user = row["user_name"] or (f"enterprises/{e}/users/{row['mdm_user']}"
+                                if row["mdm_user"] else None)
+    if user:
+        meta["userName"] = user
+    params = redact(row["params"] or {})
+    for key in ("resetPasswordFlags", *PARAM_FIELDS):
+        if key in params:
+            meta[key] = params[key]
+    final = _final_ack(row["results"] or [])
+    data: dict[str, Any] = final["data"] if isinstance(final.get("data"), dict) else {}
+    for key in STATUS_FIELDS:
+        if isinstance(data.get(key), dict):
+            meta[key] = redact(data[key])
+    status = Status(row["status"])
+    if status is Status.ERROR:
+        error_type = _last_error_type(row["results"] or [])
+        meta["errorCode"] = error_type if error_type in ERROR_CODES else "UNKNOWN"
+    op: dict[str, Any] = {"name": f"enterprises/{e}/devices/{d}/operations/{row['id']}",
+                          "metadata": meta, "done": status not in (Status.PENDING,
+                                                                   Status.RECEIVED)}
+    error = _operation_error(status, row["error_message"])
+    if error is not None:
+        op["error"] = error
+    return op
+
+
+def _final_ack(results: list[Any]) -> dict[str, Any]:
+    for entry in reversed(results):
+        if isinstance(entry, dict) and entry.get("status") in ("DONE", "ERROR"):
+            return entry
+    return {}
+
+
+def _last_error_type(results: list[Any]) -> str | None:
+    for entry in reversed(results):
+        if isinstance(entry, dict) and entry.get("status") == "ERROR":
+            value = entry.get("errorType")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _operation_error(status: Status, message: str | None) -> dict[str, Any] | None:
+    if status is Status.ERROR:
+        return {"code": 2, "message": message or "The device could not execute the command"}
+    if status is Status.EXPIRED:
+        return {"code": 4, "message": "The command expired before the device executed it"}
+    if status is Status.CANCEL:
+        return {"code": 1, "message": message or "The command was cancelled"}
+    return None
+
+
+def _not_found(what: str = "Device") -> ApiError:
+    return ApiError(404, Code.ENTITY_NOT_FOUND, f"{what} not found")
+
+
+async def _device(request: web.Request, permission: str) -> Any:
+    """Auth, path and scope: the registered device of the enterprise the token covers."""
+    principal = authorize(request, permission)
+    enterprise = hex_id(request, "enterpriseId")
+    device_id = hex_id(request, "deviceId")
+    rows = await store_of(request).fetch("get_device", device_id)
+    if (not rows or rows[0]["aos_enterprise"] != enterprise
+            or not principal.covers(rows[0]["organization"])):
+        raise _not_found()
+    return rows[0]
+
+
+async def _operation_row(request: web.Request, device: Any) -> Any:
+    op = hex_id(request, "operationId")
+    rows = await store_of(request).fetch("get_command", op)
+    if (not rows or rows[0]["aos_device"] != device["aos_device"]
+            or rows[0]["aos_enterprise"] != device["aos_enterprise"]):
+        raise _not_found("Operation")
+    return rows[0]
+
+
+async def issue_command(request: web.Request) -> web.Response:
+    """``POST .../devices/{d}:issueCommand``: a Command in, an Operation out."""
+    device = await _device(request, auth.CREATE)
+    kind, params, duration = plan(validate(CommandRequest, await read_json(request)))
+    user = (f"enterprises/{device['aos_enterprise']}/users/{device['mdm_user']}"
+            if device["mdm_user"] else None)
+    row = await create_command(request, device, kind, params, duration, source="amapi",
+                               user_name=user)
+    return web.json_response(operation(row))
+
+
+async def get_operation(request: web.Request) -> web.Response:
+    """``GET .../operations/{op}``."""
+    device = await _device(request, auth.READ)
+    return web.json_response(operation(await _operation_row(request, device)))
+
+
+async def list_operations(request: web.Request) -> web.Response:
+    """``GET .../operations?pageSize=&pageToken=``: newest first."""
+    device = await _device(request, auth.READ)
+    size = query_int(request, "pageSize", PAGE_DEFAULT, 1, PAGE_MAX)
+    rows, token = await list_page(
+        request, device["aos_device"], organization=None, enterprise=device["aos_enterprise"],
+        status=None, limit=size, cursor=request.query.get("pageToken"), cursor_name="pageToken")
+    body: dict[str, Any] = {"operations": [operation(r) for r in rows]}
+    if token is not None:
+        body["nextPageToken"] = token
+    return web.json_response(body)
+
+
+async def cancel_operation(request: web.Request) -> web.Response:
+    """``POST .../operations/{op}:cancel``: ``{}``; 409 FAILED_PRECONDITION when finished."""
+    device = await _device(request, auth.CANCEL)
+    await read_json(request, required=False)
+    await cancel_command(request, await _operation_row(request, device))
+    return web.json_response({})
+
+
+def register(app: web.Application) -> None:
+    """Add seed 001's routes."""
+    app.router.add_post(PREFIX + "{deviceId:[^/:]+}:issueCommand", issue_command)
+    app.router.add_get(PREFIX + "{deviceId}/operations", list_operations)
+    app.router.add_get(PREFIX + "{deviceId}/operations/{operationId:[^/:]+}", get_operation)
+    app.router.add_post(PREFIX + "{deviceId}/operations/{operationId:[^/:]+}:cancel",
+                        cancel_operation)

@@ -1,0 +1,220 @@
+"""Seed 000: the vendor's AOS command API under ``/v1/organizations/{organizationId}/...``.
+
+Answers ``{"status": true, "data": ...}``; errors use the seed's envelope (see
+:mod:`dispatcher.routes`). A command is created in the same transaction-and-effects
+pipeline as a ``mdm.commands.created`` event, so it is pushed and its status events are
+published exactly like one; the insert is committed before the answer, so reading it
+right after creating it never misses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dispatcher import auth
+from dispatcher.events import Params
+from dispatcher.lifecycle import MAX_DURATION_S, CommandType, Status
+from dispatcher.routes import (
+    ApiError,
+    Code,
+    authorize,
+    cancel_command,
+    create_command,
+    hex_id,
+    invalid,
+    iso,
+    list_page,
+    not_found,
+    ok,
+    query_int,
+    read_json,
+    store_of,
+    validate,
+)
+from dispatcher.secretbox import redact
+
+ORG_PATTERN = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$"
+HEX_PATTERN = r"^[a-fA-F0-9]{24}$"
+ORG_RE = re.compile(ORG_PATTERN)
+BASE = "/v1/organizations/{organizationId}/mdm/aosp/enterprise/devices/{aosDeviceId}/commands"
+SeedCommand = Literal["REBOOT", "LOCK", "CLEAR_APP_DATA", "RESET_PASSWORD", "DISENROLL",
+                      "RELINQUISH_OWNERSHIP"]
+LIST_DEFAULT, LIST_MAX = 50, 100
+
+
+class CreateCommandRequest(BaseModel):
+    """Body of ``POST .../commands``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: SeedCommand = Field(description="Command type to enqueue for the device.")
+    duration: float | None = Field(
+        default=None, ge=0, le=MAX_DURATION_S,
+        description="Seconds of validity; absent or 0 means DISPATCHER_DEFAULT_DURATION_S.")
+    params: Params | None = Field(
+        default=None, description="Command-specific parameters (at most 4 KB as JSON); "
+        "secret keys such as newPassword are never echoed.")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
+            raise ValueError("must be a number of seconds")
+        return value
+
+
+class Result(BaseModel):
+    """One device ack recorded for a command."""
+
+    at: str
+    status: str | None = None
+    data: dict[str, Any] | None = None
+    errorMessage: str | None = None
+    errorType: str | None = None
+
+
+class CommandRecord(BaseModel):
+    """A command as the API shows it (times RFC 3339 UTC; secrets never included)."""
+
+    id: str = Field(pattern=HEX_PATTERN)
+    organization: str = Field(pattern=HEX_PATTERN)
+    aosEnterprise: str = Field(pattern=HEX_PATTERN)
+    aosDevice: str = Field(pattern=HEX_PATTERN)
+    mdmUser: str | None
+    command: CommandType
+    params: dict[str, Any]
+    pushId: str | None
+    status: Status
+    results: list[Result]
+    deliveryExpiresAt: str | None
+    sentAt: str | None
+    expiresAt: str
+    duration: int
+    errorType: str | None
+    errorMessage: str | None
+    updatedAt: str
+    createdAt: str
+
+
+class CommandAnswer(BaseModel):
+    """``{"status": true, "data": record}``."""
+
+    status: Literal[True]
+    data: CommandRecord
+
+
+class CommandPage(BaseModel):
+    """One page of a device's commands, newest first."""
+
+    status: Literal[True]
+    data: list[CommandRecord]
+    nextCursor: str | None = Field(description="pass as ?cursor= for the next page; null: last")
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: int
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    """``{"status": false, "error": {...}}``."""
+
+    status: Literal[False]
+    error: ErrorDetail
+
+
+def record(row: Any) -> dict[str, Any]:
+    """The API form of a ``commands`` row."""
+    return {
+        "id": row["id"], "organization": row["organization"],
+        "aosEnterprise": row["aos_enterprise"], "aosDevice": row["aos_device"],
+        "mdmUser": row["mdm_user"], "command": row["command"],
+        "params": redact(row["params"] or {}), "pushId": row["push_id"],
+        "status": row["status"], "results": redact(row["results"] or []),
+        "deliveryExpiresAt": iso(row["delivery_expires_at"]), "sentAt": iso(row["sent_at"]),
+        "expiresAt": iso(row["expires_at"]), "duration": row["duration_s"],
+        "errorType": row["error_type"], "errorMessage": row["error_message"],
+        "updatedAt": iso(row["updated_at"]), "createdAt": iso(row["created_at"]),
+    }
+
+
+def _scope(request: web.Request, permission: str) -> tuple[str, str]:
+    """Auth, path parameters and organization scope: (organizationId, aosDeviceId)."""
+    principal = authorize(request, permission)
+    org = request.match_info.get("organizationId", "")
+    if not ORG_RE.fullmatch(org):
+        raise invalid(f"organizationId: must match {ORG_PATTERN}")
+    device = hex_id(request, "aosDeviceId")
+    if not principal.covers(org):
+        raise ApiError(403, Code.PERMISSION_DENIED,
+                       "Permission denied: the token does not cover this organization")
+    return org, device
+
+
+async def _device(request: web.Request, org: str, device_id: str) -> Any:
+    """The registered device of the organization, or 404 3001."""
+    rows = await store_of(request).fetch("get_device", device_id)
+    if not rows or rows[0]["organization"] != org:
+        raise not_found()
+    return rows[0]
+
+
+async def _command(request: web.Request, org: str, device_id: str) -> Any:
+    """The command of the path, which must belong to the device and organization."""
+    cid = hex_id(request, "commandId")
+    rows = await store_of(request).fetch("get_command", cid)
+    if not rows or rows[0]["aos_device"] != device_id or rows[0]["organization"] != org:
+        raise not_found()
+    return rows[0]
+
+
+async def create(request: web.Request) -> web.Response:
+    """``POST .../commands``: enqueue a command (``Idempotency-Key`` supported)."""
+    org, device_id = _scope(request, auth.CREATE)
+    body = validate(CreateCommandRequest, await read_json(request))
+    device = await _device(request, org, device_id)
+    row = await create_command(request, device, body.command, body.params or {},
+                               body.duration, source="http")
+    return ok(record(row))
+
+
+async def read(request: web.Request) -> web.Response:
+    """``GET .../commands/{commandId}``."""
+    org, device_id = _scope(request, auth.READ)
+    return ok(record(await _command(request, org, device_id)))
+
+
+async def listing(request: web.Request) -> web.Response:
+    """``GET .../commands?status=&limit=&cursor=``: newest first, keyset-paginated."""
+    org, device_id = _scope(request, auth.READ)
+    status = request.query.get("status") or None
+    if status is not None and status not in Status.__members__:
+        raise invalid(f"status: must be one of {', '.join(Status)}")
+    limit = query_int(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
+    await _device(request, org, device_id)
+    rows, cursor = await list_page(
+        request, device_id, organization=org, enterprise=None, status=status, limit=limit,
+        cursor=request.query.get("cursor"), cursor_name="cursor")
+    return web.json_response({"status": True, "data": [record(r) for r in rows],
+                              "nextCursor": cursor})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """``POST .../commands/{commandId}/cancel``: PENDING/RECEIVED -> CANCEL; else 409 4009."""
+    org, device_id = _scope(request, auth.CANCEL)
+    row = await _command(request, org, device_id)
+    return ok(record(await cancel_command(request, row)))
+
+
+def register(app: web.Application) -> None:
+    """Add seed 000's routes."""
+    app.router.add_post(BASE, create)
+    app.router.add_get(BASE, listing)
+    app.router.add_get(BASE + "/{commandId}", read)
+    app.router.add_post(BASE + "/{commandId}/cancel", cancel)

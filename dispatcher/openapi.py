@@ -1,0 +1,174 @@
+"""The OpenAPI 3.1 document of the HTTP API, built from the pydantic models of the routes.
+
+Served at ``GET /openapi.json`` and checked in as ``schemas/openapi.json``; a test fails
+when they differ. Regenerate with ``python -m dispatcher.openapi > schemas/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from dispatcher import api_amapi, api_aosp
+from dispatcher.lifecycle import Status
+from dispatcher.routes import IDEMPOTENCY_KEY
+
+REF = "#/components/schemas/{model}"
+HEX = {"type": "string", "pattern": api_aosp.HEX_PATTERN}
+SEED_ERRORS = {
+    "400": "Invalid request (4000): the message names the field",
+    "401": "No auth token (4002) or Invalid Token (4004)",
+    "403": "Permission denied (4003): permission missing or organization not in the token",
+    "404": "Entity not found (3001)",
+    "409": "Command already finished (4009) or Idempotency-Key reused (4010)",
+    "413": "Request body too large (4013)",
+    "415": "Unsupported media type (4015)",
+}
+GOOGLE_ERRORS = {
+    "400": "INVALID_ARGUMENT", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
+    "404": "NOT_FOUND: no such device/operation in an organization the token covers",
+    "409": "FAILED_PRECONDITION (operation already done) or ABORTED (Idempotency-Key reused)",
+    "413": "INVALID_ARGUMENT: request body too large",
+    "415": "INVALID_ARGUMENT: unsupported media type",
+}
+
+_MODELS: list[type[BaseModel]] = [
+    api_aosp.CreateCommandRequest, api_aosp.CommandAnswer, api_aosp.CommandPage,
+    api_aosp.ErrorAnswer, api_amapi.CommandRequest, api_amapi.Operation,
+    api_amapi.ListOperationsResponse, api_amapi.GoogleError,
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+               "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+               "description": "the same key for the same organization creates one command"}
+
+
+def _op(summary: str, permission: str, ok: dict[str, Any], google: bool,
+        params: list[dict[str, Any]], body: type[BaseModel] | None = None) -> dict[str, Any]:
+    errors = GOOGLE_ERRORS if google else SEED_ERRORS
+    envelope = _ref(api_amapi.GoogleError if google else api_aosp.ErrorAnswer)
+    out: dict[str, Any] = {
+        "summary": summary, "description": f"Required permission: {permission}",
+        "parameters": params,
+        "responses": {"200": ok, **{k: _json(envelope, v) for k, v in errors.items()}},
+    }
+    if body is not None:
+        out["requestBody"] = {"required": True,
+                              "content": {"application/json": {"schema": _ref(body)}}}
+    return out
+
+
+def _seed_paths() -> dict[str, Any]:
+    base = api_aosp.BASE
+    where = [_path_param("organizationId", {"type": "string", "pattern": api_aosp.ORG_PATTERN}),
+             _path_param("aosDeviceId", HEX)]
+    one = [*where, _path_param("commandId", HEX)]
+    answer = _json(_ref(api_aosp.CommandAnswer))
+    listing = [
+        _query("status", {"type": "string", "enum": [s.value for s in Status]},
+               "only commands in this status"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": api_aosp.LIST_MAX},
+               f"page size (default {api_aosp.LIST_DEFAULT})"),
+        _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+    ]
+    return {
+        base: {
+            "post": _op("Create AOS command", "mdm.aosp.command.create", answer, False,
+                        [*where, IDEMPOTENCY], api_aosp.CreateCommandRequest),
+            "get": _op("List a device's commands, newest first", "mdm.aosp.command.read",
+                       _json(_ref(api_aosp.CommandPage)), False, [*where, *listing]),
+        },
+        base + "/{commandId}": {
+            "get": _op("Get a command", "mdm.aosp.command.read", answer, False, one)},
+        base + "/{commandId}/cancel": {
+            "post": _op("Cancel an open command", "mdm.aosp.command.cancel", answer, False, one)},
+    }
+
+
+def _google_paths() -> dict[str, Any]:
+    base = "/v1/enterprises/{enterpriseId}/devices/{deviceId}"
+    where = [_path_param("enterpriseId", HEX), _path_param("deviceId", HEX)]
+    one = [*where, _path_param("operationId", HEX)]
+    op = _json(_ref(api_amapi.Operation))
+    paging = [
+        _query("pageSize", {"type": "integer", "minimum": 1, "maximum": api_amapi.PAGE_MAX},
+               f"page size (default {api_amapi.PAGE_DEFAULT})"),
+        _query("pageToken", {"type": "string"}, "nextPageToken of the previous page"),
+    ]
+    return {
+        base + ":issueCommand": {
+            "post": _op("enterprises.devices.issueCommand", "mdm.aosp.command.create", op, True,
+                        [*where, IDEMPOTENCY], api_amapi.CommandRequest)},
+        base + "/operations": {
+            "get": _op("enterprises.devices.operations.list", "mdm.aosp.command.read",
+                       _json(_ref(api_amapi.ListOperationsResponse)), True, [*where, *paging])},
+        base + "/operations/{operationId}": {
+            "get": _op("enterprises.devices.operations.get", "mdm.aosp.command.read", op, True,
+                       one)},
+        base + "/operations/{operationId}:cancel": {
+            "post": _op("enterprises.devices.operations.cancel", "mdm.aosp.command.cancel",
+                        _json({"type": "object", "maxProperties": 0}), True, one)},
+    }
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    _, defs = models_json_schema([(m, "validation") for m in _MODELS], ref_template=REF)
+    plain = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dispatcher", "version": "1",
+                 "description": "MDM command dispatcher: seed 000 (AOS commands) and seed 001 "
+                                "(Android Management API issueCommand). See docs/http-api.md."},
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            **_seed_paths(), **_google_paths(),
+            "/healthz": {"get": {"summary": "process up", "security": [],
+                                 "responses": {"200": plain}}},
+            "/openapi.json": {"get": {"summary": "this document", "security": [],
+                                      "responses": {"200": plain}}},
+        },
+    }
+
+
+def render() -> str:
+    """The document as the checked-in text."""
+    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
+
+
+async def serve(request: web.Request) -> web.Response:
+    """``GET /openapi.json``."""
+    return web.Response(text=render(), content_type="application/json")
+
+
+if __name__ == "__main__":
+    print(render(), end="")

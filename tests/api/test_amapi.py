@@ -1,0 +1,222 @@
+"""Seed 001 over HTTP: issueCommand and operations in the Android Management API dialect."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.helpers import ENTERPRISE, Kafka, ack_event, hex24, wait_for
+
+COMMAND_TYPE = "type.googleapis.com/google.android.management.v1.Command"
+
+
+def dev(device: str, enterprise: str = ENTERPRISE) -> str:
+    return f"/v1/enterprises/{enterprise}/devices/{device}"
+
+
+async def call(http: aiohttp.ClientSession, method: str, path: str, auth: str | None,
+               body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": auth} if auth is not None else {}
+    async with http.request(method, path, json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+def google_error(answer: tuple[int, Any], status: int, name: str) -> str:
+    got, body = answer
+    assert (got, body["error"]["code"], body["error"]["status"]) == (status, status, name), body
+    assert "status" not in body
+    return str(body["error"]["message"])
+
+
+async def issue(http: aiohttp.ClientSession, device: str, auth: str, body: Any) -> Any:
+    status, op = await call(http, "POST", dev(device) + ":issueCommand", auth, body)
+    assert status == 200, op
+    return op
+
+
+async def test_issue_get_and_list_an_operation(service, http, token, register) -> None:
+    user = hex24()
+    device = await register(mdm_user=user)
+    op = await issue(http, device, token(), {"type": "LOCK"})
+    match = re.fullmatch(rf"enterprises/{ENTERPRISE}/devices/{device}/operations/([a-f0-9]{{24}})",
+                         op["name"])
+    assert match, op["name"]
+    meta = op["metadata"]
+    assert (meta["@type"], meta["type"], meta["duration"]) == (COMMAND_TYPE, "LOCK", "600s")
+    assert meta["userName"] == f"enterprises/{ENTERPRISE}/users/{user}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", meta["createTime"])
+    assert op["done"] is False
+    assert "error" not in op
+    got = await call(http, "GET", "/v1/" + op["name"], token())
+    assert got == (200, op)
+    _, listed = await call(http, "GET", dev(device) + "/operations", token())
+    assert [o["name"] for o in listed["operations"]] == [op["name"]]
+    assert "nextPageToken" not in listed
+
+
+async def test_every_command_type_with_its_parameters(service, http, token, register) -> None:
+    device = await register()
+    bodies: list[tuple[dict[str, Any], str, str | None]] = [
+        ({"type": "REBOOT", "duration": "30s"}, "REBOOT", None),
+        ({"type": "RELINQUISH_OWNERSHIP"}, "RELINQUISH_OWNERSHIP", None),
+        ({"clearAppsDataParams": {"packageNames": ["com.example.app"]}}, "CLEAR_APP_DATA",
+         "clearAppsDataParams"),
+        ({"type": "START_LOST_MODE", "startLostModeParams": {
+            "lostMessage": {"defaultMessage": "Please return me"},
+            "lostPhoneNumber": {"defaultMessage": "+1 555 0100"},
+            "lostEmailAddress": "it@example.com",
+            "lostOrganization": {"defaultMessage": "Example Inc."}}},
+         "START_LOST_MODE", "startLostModeParams"),
+        ({"type": "STOP_LOST_MODE"}, "STOP_LOST_MODE", None),
+        ({"addEsimParams": {"activationCode": "LPA:1$smdp.example.com$ABC",
+                            "activationState": "ACTIVATED"}}, "ADD_ESIM", "addEsimParams"),
+        ({"type": "REMOVE_ESIM", "removeEsimParams": {"iccId": "8944500102198304826"}},
+         "REMOVE_ESIM", "removeEsimParams"),
+        ({"requestDeviceInfoParams": {"deviceInfo": "EID"}}, "REQUEST_DEVICE_INFO",
+         "requestDeviceInfoParams"),
+        ({"type": "WIPE", "wipeParams": {"wipeDataFlags": ["WIPE_EXTERNAL_STORAGE"],
+                                         "wipeReason": {"defaultMessage": "stolen"}}},
+         "WIPE", "wipeParams"),
+    ]
+    for body, kind, field in bodies:
+        op = await issue(http, device, token(), body)
+        assert op["metadata"]["type"] == kind
+        if field is not None:
+            assert op["metadata"][field] == body[field]
+    assert (await issue(http, device, token(), {"type": "REBOOT", "duration": "3.5s"})
+            )["metadata"]["duration"] == "3s"
+
+
+async def test_new_password_is_never_answered(service, http, token, register) -> None:
+    device = await register()
+    secret = "Pa55-" + hex24()
+    op = await issue(http, device, token(), {
+        "type": "RESET_PASSWORD", "newPassword": secret,
+        "resetPasswordFlags": ["REQUIRE_ENTRY", "LOCK_NOW"]})
+    assert op["metadata"]["resetPasswordFlags"] == ["REQUIRE_ENTRY", "LOCK_NOW"]
+    for path in ("/v1/" + op["name"], dev(device) + "/operations"):
+        async with http.get(path, headers={"Authorization": token()}) as resp:
+            assert secret not in await resp.text()
+    assert secret not in str(op)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "type"),
+    ({"type": "COMMAND_TYPE_UNSPECIFIED"}, "type"),
+    ({"type": "FORMAT_C"}, "type"),
+    ({"type": "LOCK", "duration": "10m"}, "duration"),
+    ({"type": "LOCK", "duration": 600}, "duration"),
+    ({"type": "LOCK", "newPassword": "x"}, "newPassword"),
+    ({"type": "RESET_PASSWORD", "resetPasswordFlags": ["SHOUT"]}, "resetPasswordFlags"),
+    ({"type": "CLEAR_APP_DATA"}, "clearAppsDataParams"),
+    ({"clearAppsDataParams": {"packageNames": []}}, "packageNames"),
+    ({"clearAppsDataParams": {"packageNames": ["not a package"]}}, "packageNames"),
+    ({"type": "LOCK", "clearAppsDataParams": {"packageNames": ["a.b"]}}, "clearAppsDataParams"),
+    ({"clearAppsDataParams": {"packageNames": ["a.b"]}, "wipeParams": {}}, "only one"),
+    ({"type": "START_LOST_MODE", "startLostModeParams": {}}, "startLostModeParams"),
+    ({"type": "ADD_ESIM", "addEsimParams": {}}, "activationCode"),
+    ({"type": "REMOVE_ESIM", "removeEsimParams": {"iccId": "x"}}, "iccId"),
+    ({"requestDeviceInfoParams": {"deviceInfo": "DEVICE_INFO_UNSPECIFIED"}}, "deviceInfo"),
+    ({"type": "WIPE", "wipeParams": {"wipeDataFlags": ["ALL"]}}, "wipeDataFlags"),
+    ({"type": "LOCK", "surprise": True}, "surprise"),
+])
+async def test_invalid_commands_are_invalid_argument(service, http, token, register,
+                                                     body: Any, field: str) -> None:
+    device = await register()
+    answer = await call(http, "POST", dev(device) + ":issueCommand", token(), body)
+    assert field in google_error(answer, 400, "INVALID_ARGUMENT")
+
+
+async def test_acks_fill_status_error_code_and_done(service, http, token, register,
+                                                    kafka: Kafka) -> None:
+    device = await register()
+    clear = await issue(http, device, token(),
+                        {"clearAppsDataParams": {"packageNames": ["com.a.b", "com.c.d"]}})
+    failing = await issue(http, device, token(), {"type": "REBOOT"})
+    odd = await issue(http, device, token(), {"type": "LOCK"})
+    results = {"results": {"com.a.b": {"clearingResult": "SUCCESS"},
+                           "com.c.d": {"clearingResult": "APP_NOT_FOUND"}}}
+    cid = clear["name"].rsplit("/", 1)[1]
+    await kafka.send("device-acks", ack_event(cid, device, "DONE",
+                                              data={"clearAppsDataStatus": results}))
+    await kafka.send("device-acks", ack_event(failing["name"].rsplit("/", 1)[1], device, "ERROR",
+                                              errorType="API_LEVEL", errorMessage="too old"))
+    await kafka.send("device-acks", ack_event(odd["name"].rsplit("/", 1)[1], device, "ERROR",
+                                              errorType="DISK_ON_FIRE"))
+
+    async def done(name: str) -> Any:
+        async def check() -> Any:
+            _, op = await call(http, "GET", "/v1/" + name, token())
+            return op if op["done"] else None
+        return await wait_for(check, what=f"{name} done")
+
+    cleared = await done(clear["name"])
+    assert cleared["metadata"]["clearAppsDataStatus"] == results
+    assert "error" not in cleared
+    failed = await done(failing["name"])
+    assert failed["metadata"]["errorCode"] == "API_LEVEL"
+    assert failed["error"] == {"code": 2, "message": "too old"}
+    assert (await done(odd["name"]))["metadata"]["errorCode"] == "UNKNOWN"
+
+
+async def test_cancel_answers_empty_and_refuses_finished(service, http, token, register) -> None:
+    device = await register(push_token=None)
+    op = await issue(http, device, token(), {"type": "LOCK"})
+    assert await call(http, "POST", "/v1/" + op["name"] + ":cancel", token()) == (200, {})
+    _, after = await call(http, "GET", "/v1/" + op["name"], token())
+    assert after["done"] is True
+    assert after["error"]["code"] == 1
+    assert "errorCode" not in after["metadata"]
+    again = await call(http, "POST", "/v1/" + op["name"] + ":cancel", token())
+    google_error(again, 409, "FAILED_PRECONDITION")
+    google_error(await call(http, "POST", "/v1/" + op["name"] + ":cancel",
+                            token(perms=["mdm.aosp.command.read"])), 403, "PERMISSION_DENIED")
+
+
+async def test_list_pages_with_tokens(service, http, token, register) -> None:
+    device = await register(push_token=None)
+    names = [(await issue(http, device, token(), {"type": "LOCK"}))["name"] for _ in range(5)]
+    seen: list[str] = []
+    page_token = ""
+    while True:
+        _, page = await call(http, "GET", dev(device) + f"/operations?pageSize=2&pageToken="
+                             f"{page_token}", token())
+        seen += [o["name"] for o in page["operations"]]
+        page_token = page.get("nextPageToken", "")
+        if not page_token:
+            break
+    assert seen == list(reversed(names))
+    google_error(await call(http, "GET", dev(device) + "/operations?pageToken=zz", token()),
+                 400, "INVALID_ARGUMENT")
+
+
+async def test_scope_and_auth_in_google_envelope(service, http, token, register) -> None:
+    device = await register()
+    other_org = await register(org=hex24())
+    body = {"type": "LOCK"}
+    google_error(await call(http, "POST", dev(device) + ":issueCommand", None, body),
+                 401, "UNAUTHENTICATED")
+    google_error(await call(http, "POST", dev(device) + ":issueCommand", "Bearer x.y.z", body),
+                 401, "UNAUTHENTICATED")
+    google_error(await call(http, "POST", dev(device) + ":issueCommand",
+                            token(perms=["mdm.aosp.command.read"]), body), 403,
+                 "PERMISSION_DENIED")
+    google_error(await call(http, "POST", dev(other_org) + ":issueCommand", token(), body),
+                 404, "NOT_FOUND")
+    google_error(await call(http, "POST", dev(device) + ":issueCommand", token([hex24()]), body),
+                 404, "NOT_FOUND")
+    google_error(await call(http, "POST", dev(device, enterprise=hex24()) + ":issueCommand",
+                            token(), body), 404, "NOT_FOUND")
+    assert (await call(http, "POST", dev(other_org) + ":issueCommand", token(["*"]), body)
+            )[0] == 200
+    google_error(await call(http, "GET", dev(device) + f"/operations/{hex24()}", token()),
+                 404, "NOT_FOUND")
+    google_error(await call(http, "POST", dev(device) + ":explode", token(), body),
+                 404, "NOT_FOUND")
+    google_error(await call(http, "GET", dev(device) + ":issueCommand", token()),
+                 405, "UNIMPLEMENTED")
+    google_error(await call(http, "POST", dev("short") + ":issueCommand", token(), body),
+                 400, "INVALID_ARGUMENT")

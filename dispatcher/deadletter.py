@@ -8,12 +8,13 @@ UTF-8 are carried as base64; values past :data:`VALUE_MAX_BYTES` are truncated.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.events import DeadLetter
-from dispatcher.secretbox import redact_raw
+from dispatcher.secretbox import redact, redact_raw
 
 VALUE_MAX_BYTES = 512 * 1024
 
@@ -68,7 +69,7 @@ def build(source: Source, reason: str, detail: str) -> DeadLetter:
     encoding = "utf-8"
     truncated = False
     if source.value is not None:
-        raw = redact_raw(source.value)
+        raw = _redacted(source.value)
         if len(raw) > VALUE_MAX_BYTES:
             raw, truncated = raw[:VALUE_MAX_BYTES], True
         try:
@@ -87,6 +88,15 @@ def build(source: Source, reason: str, detail: str) -> DeadLetter:
         valueTruncated=truncated,
         at=datetime.now(UTC),
     )
+
+
+def _redacted(raw: bytes) -> bytes:
+    """The raw value byte for byte, unless it holds a secret (then redacted, re-serialized)."""
+    try:
+        decoded = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return redact_raw(raw)
+    return raw if redact(decoded) == decoded else redact_raw(raw)
 
 
 def encode(letter: DeadLetter) -> bytes:

@@ -7,6 +7,7 @@ rejected (and dead-lettered by the caller with the reason :func:`parse` gives).
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -190,8 +191,8 @@ def parse(model: type[M], raw: bytes | None, max_bytes: int) -> M:
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"the value is {len(raw)} bytes, more than {max_bytes}")
     try:
-        decoded = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        decoded = json.loads(raw, parse_float=_finite, parse_constant=_not_json)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN and infinities
         raise InvalidEvent("invalid_json", str(exc)[:300]) from exc
     if not isinstance(decoded, dict):
         raise InvalidEvent("validation", f"expected a JSON object, got {type(decoded).__name__}")
@@ -199,6 +200,18 @@ def parse(model: type[M], raw: bytes | None, max_bytes: int) -> M:
         return model.model_validate(decoded)
     except ValidationError as exc:
         raise InvalidEvent(_reason(exc), _describe(exc)) from exc
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (and PostgreSQL's jsonb) does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _reason(exc: ValidationError) -> str:

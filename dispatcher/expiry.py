@@ -62,6 +62,8 @@ class Timer:
         async with self.store.transaction() as conn:
             rows = await conn.fetch(QUERIES["take_held_ready"], HELD_BATCH)
             await ingest.replay_held(conn, sorted(rows, key=lambda r: r["seq"]), fx)
+        # A replayed ack can still be rejected (e.g. another device's): dead-letter it.
+        await self.processor.publish_dead_letters(fx)
         self.on_effects(fx)
         # Deleted and dead-lettered in one transaction: if the broker does not take the
         # dead letters, the delete rolls back and the next pass tries again.

@@ -283,3 +283,15 @@ WHERE aos_device = $1
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::text))
 ORDER BY created_at DESC, id DESC
 LIMIT $5;
+
+-- name: api_list_commands
+-- HTTP API: a device's commands newest first, keyset-paginated by (created_at, id) after
+-- ($5, $6); optionally only one organization ($2), enterprise ($3) or status ($4).
+SELECT * FROM commands
+WHERE aos_device = $1
+  AND ($2::text IS NULL OR organization = $2)
+  AND ($3::text IS NULL OR aos_enterprise = $3)
+  AND ($4::text IS NULL OR status = $4)
+  AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text))
+ORDER BY created_at DESC, id DESC
+LIMIT $7;

@@ -144,6 +144,7 @@ class Harness:
 
     async def fresh(self, label: str) -> tuple[str, str]:
         """A fresh migrated database and topic prefix."""
+        print(f"[{time.strftime('%H:%M:%S')}] phase: {label}", flush=True)
         name = f"bench_{label}_{secrets.token_hex(3)}"
         conn = await asyncpg.connect(self.admin_dsn)
         try:

@@ -54,13 +54,14 @@ def run_dev(settings: Settings) -> None:
 def _dev_settings(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -> Settings:
     from dispatcher.cli import dev_jwt_secret
 
-    quick = {  # the embedded broker joins groups in about half the session timeout
-        "kafka_session_timeout_ms": min(settings.kafka_session_timeout_ms, 6000),
-        "kafka_rebalance_timeout_ms": min(settings.kafka_rebalance_timeout_ms, 6000),
-        "kafka_heartbeat_interval_ms": min(settings.kafka_heartbeat_interval_ms, 1000),
-    }
-    return dataclasses.replace(settings, kafka_bootstrap=bootstrap, database_url=dsn,
-                               jwt_secret=dev_jwt_secret(settings), **quick)
+    # the embedded broker joins groups in about half the session timeout: keep it short
+    return dataclasses.replace(
+        settings, kafka_bootstrap=bootstrap, database_url=dsn,
+        jwt_secret=dev_jwt_secret(settings),
+        kafka_session_timeout_ms=min(settings.kafka_session_timeout_ms, 6000),
+        kafka_rebalance_timeout_ms=min(settings.kafka_rebalance_timeout_ms, 6000),
+        kafka_heartbeat_interval_ms=min(settings.kafka_heartbeat_interval_ms, 1000),
+    )
 
 
 async def _run(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -> None:

@@ -4,10 +4,14 @@ Delivery is driven by PostgreSQL, not memory: the pusher claims due pushes with 
 lease (``claim_pushes``: one per device, in creation order, never two in flight for a
 device), sends them with at most ``DISPATCHER_PUSH_CONCURRENCY`` requests in flight,
 and records each answer. A crash mid-request leaves a lease that runs out, and the
-push goes again: only requests in flight at a crash can repeat
-(``dispatcher_push_repeats_total`` counts them). Retriable failures back off with
-jitter (honouring ``Retry-After``) until the command expires; permanent rejections end
-the command in ERROR with an ``errorType`` a person can act on.
+push goes again: only requests in flight at a crash can repeat, at most
+``DISPATCHER_PUSH_CONCURRENCY`` per crash (``dispatcher_push_repeats_total`` counts
+them); a request never outlives its lease. Retriable failures back off with jitter
+until the command expires; a ``Retry-After`` is a floor for that push and pauses every
+claim until it has passed, and the first success after an outage brings the pushes
+that were backing off forward. Permanent rejections end the command in ERROR with an
+``errorType`` a person can act on. ``DISPATCHER_PUSH_RATE_PER_MIN`` is enforced before
+claiming, so a claimed push never waits for it.
 
 A provider is one class with ``name``, ``send`` and ``close``: FCM HTTP v1 fits as one
 more module.
@@ -19,6 +23,8 @@ import asyncio
 import logging
 import secrets as stdlib_secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -36,6 +42,8 @@ from dispatcher.store import Store
 log = logging.getLogger(__name__)
 
 PERMANENT_TOKEN_CODES = frozenset({"NO_RECIPIENTS", "INVALID_TOKEN", "DEVICE_NOT_FOUND"})
+WAKING_QUERIES = frozenset({"push_accepted", "push_rejected"})
+"""Answers that wake the device's next parked command (see :class:`ClaimGate`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,38 +174,106 @@ class LogProvider:
 
 
 def make_provider(settings: Settings) -> Provider:
-    """The provider the settings name."""
+    """The provider the settings name.
+
+    A request never outlives its lease: past the lease another claim could send the
+    same push while the first is still in flight, so the request timeout is capped.
+    """
     if settings.push_provider == "log":
         return LogProvider()
+    timeout_s = min(settings.push_timeout_s, settings.push_lease_s * 0.8)
     return PushyProvider(settings.pushy_api_url, settings.pushy_api_key,
-                         settings.push_timeout_s, settings.push_concurrency)
+                         timeout_s, settings.push_concurrency)
 
 
 class RateLimiter:
-    """A token bucket: at most ``per_min`` acquisitions a minute, bursts up to a second's worth."""
+    """A token bucket: at most ``per_min`` sends a minute, bursts of a tenth of a second's worth.
+
+    Tokens are taken *before* pushes are claimed, so a claimed push never waits for the
+    limiter while its lease runs out.
+    """
 
     def __init__(self, per_min: int) -> None:
         self.rate = per_min / 60.0
-        self.capacity = max(1.0, self.rate)
+        self.capacity = max(1.0, self.rate / 10)
         self.tokens = self.capacity
         self.updated = time.monotonic()
-        self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
-        """Wait for a token."""
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def take(self, most: int) -> int:
+        """Take up to ``most`` whole tokens now; return how many were taken."""
+        self._refill()
+        taken = min(most, int(self.tokens))
+        self.tokens -= taken
+        return taken
+
+    def give_back(self, n: int) -> None:
+        """Return tokens taken but not used."""
+        self.tokens = min(self.capacity, self.tokens + n)
+
+    def wait_s(self) -> float:
+        """Seconds until one whole token is available."""
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+class ClaimGate:
+    """Claims exclusive, recorded answers shared: the two never overlap in one process.
+
+    Recording an answer wakes the device's next parked command. A claim running at the
+    same moment, from a snapshot taken before that answer, could park the command again
+    and it would wait for the timer's repair (``wake_parked``), which stays the safety
+    net between processes. Claims take precedence over new answers.
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._sharing = 0
+        self._claiming = False
+        self._claim_waiting = 0
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        """Hold while recording an answer that may wake a parked command."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._claiming and not self._claim_waiting)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold while claiming."""
+        async with self._cond:
+            self._claim_waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._claiming and not self._sharing)
+            finally:
+                self._claim_waiting -= 1
+            self._claiming = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._claiming = False
+                self._cond.notify_all()
 
 
 class Pusher:
-    """Claims due pushes from PostgreSQL and sends them with bounded concurrency."""
+    """Claims due pushes from PostgreSQL and sends them with bounded concurrency.
+
+    Memory is bounded by ``DISPATCHER_PUSH_CONCURRENCY``: a claim asks for at most as
+    many rows as there are free request slots, so a backlog of a million pending pushes
+    stays in PostgreSQL.
+    """
 
     def __init__(self, settings: Settings, store: Store, provider: Provider,
                  metrics: Metrics, box: SecretBox) -> None:
@@ -212,6 +288,8 @@ class Pusher:
         self.limiter = RateLimiter(rate) if rate else None
         self.inflight: set[asyncio.Task[None]] = set()
         self.provider_failures = 0
+        self.paused_until = 0.0
+        self.gate = ClaimGate()
 
     @property
     def provider_healthy(self) -> bool:
@@ -226,35 +304,63 @@ class Pusher:
             if free <= 0:
                 await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            pause_s = self._pause_s()
+            if pause_s > 0:
+                await sleep_unless(stop, pause_s)
+                continue
+            allowed = self.limiter.take(free) if self.limiter is not None else free
+            seen = claimed = 0
+            self.wake.clear()  # before the claim: a wake-up during it is not lost
             try:
-                claimed = await self.claim(free)
+                seen, claimed = await self.claim(allowed)
                 failures = 0
             except StoreUnavailable as exc:
                 failures += 1
                 log.warning("cannot claim pushes", extra={"error": str(exc)[:200]})
                 await sleep_unless(stop, backoff_s(failures, 0.2, 5.0))
                 continue
-            if claimed < free:
-                self.wake.clear()
+            finally:
+                if self.limiter is not None:
+                    self.limiter.give_back(allowed - claimed)
+            if seen < allowed:
                 await wait_any(stop, self.wake, timeout_s=poll_s)
         await self.drain()
+
+    def _pause_s(self) -> float:
+        """How long to wait before claiming: a provider's Retry-After, or the rate limit."""
+        pause = self.paused_until - time.monotonic()
+        if self.limiter is not None:
+            pause = max(pause, self.limiter.wait_s())
+        return pause
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Wait for in-flight pushes (their answers are recorded)."""
         if self.inflight:
             await asyncio.wait(self.inflight, timeout=timeout_s or self.settings.push_timeout_s + 1)
 
-    async def claim(self, limit: int) -> int:
-        """Claim up to ``limit`` due pushes and start sending them; return how many."""
-        rows = await self.store.fetch("claim_pushes", limit, self.settings.push_lease_s)
-        for row in rows:
+    async def claim(self, limit: int) -> tuple[int, int]:
+        """Claim up to ``limit`` due pushes and start sending them.
+
+        Return how many due rows were looked at (parked ones included) and how many were
+        claimed; fewer looked at than ``limit`` means nothing more is due now.
+        """
+        if limit <= 0:
+            return 0, 0
+        async with self.gate.exclusive():
+            rows = await self.store.fetch("claim_pushes", limit, self.settings.push_lease_s)
+        claimed = [row for row in rows if row["claimed"]]
+        for row in claimed:
             if row["reclaimed"]:
                 self.metrics.push_repeats.inc()
             task = asyncio.create_task(self._push(row))
             self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            task.add_done_callback(self._done)
         self.metrics.push_inflight.set(len(self.inflight))
-        return len(rows)
+        return len(rows), len(claimed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.metrics.push_inflight.set(len(self.inflight))
 
     def _request(self, row: Any) -> PushRequest:
         ttl = int((row["expires_at"] - datetime.now(UTC)).total_seconds())
@@ -264,9 +370,15 @@ class Pusher:
         return PushRequest(row["id"], row["push_token"], data, max(ttl, 1))
 
     async def _push(self, row: Any) -> None:
+        """Send one claimed push and record the answer; a bug here leaves the lease to retry."""
+        try:
+            await self._send(row)
+        except Exception:
+            log.exception("push failed unexpectedly; its lease will retry it",
+                          extra={"command_id": row["id"], "device_id": row["aos_device"]})
+
+    async def _send(self, row: Any) -> None:
         request = self._request(row)
-        if self.limiter is not None:
-            await self.limiter.acquire()
         started = time.monotonic()
         try:
             push_id = await self.provider.send(request)
@@ -274,15 +386,20 @@ class Pusher:
             self._observe(started, exc.outcome)
             await self._record_failure(row, exc)
             return
-        finally:
-            self.metrics.push_inflight.set(max(len(self.inflight) - 1, 0))
         self._observe(started, "accepted")
+        recovered = not self.provider_healthy
         self.provider_failures = 0
         self.metrics.dependency_up.labels("push_provider").set(1)
-        await self._record(
+        woken = await self._record(
             "push_accepted", row["id"], push_id, row["expires_at"],
             self.settings.repush_after_s, self.settings.repush_max + 1,
         )
+        if woken:
+            self.wake.set()  # the device's next command may go now
+        if recovered:
+            log.info("the push provider accepts pushes again; retrying pushes now")
+            await self._record("push_recovered")
+            self.wake.set()
 
     def _observe(self, started: float, outcome: str) -> None:
         self.metrics.push_duration.labels(self.provider.name).observe(time.monotonic() - started)
@@ -297,27 +414,34 @@ class Pusher:
                 self.metrics.dependency_up.labels("push_provider").set(0)
             delay = retry_delay_s(row["push_attempts"], self.settings.push_backoff_base_s,
                                   self.settings.push_backoff_max_s, exc.retry_after_s)
+            if exc.retry_after_s is not None:
+                # The provider's Retry-After is a floor for this push and a pause for all.
+                delay = max(delay, exc.retry_after_s)
+                self.paused_until = max(self.paused_until, time.monotonic() + exc.retry_after_s)
             log.warning("push failed, will retry", extra={**extra, "retry_in_s": round(delay, 2)})
             await self._record("push_retry", row["id"], delay)
             return
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
-        await self._record("push_rejected", row["id"], exc.error_type, str(exc)[:500])
-        self.metrics.transitions([{"command": row["command"], "status": "ERROR",
-                                   "previous": "PENDING", "created_at": row["created_at"]}])
-        if self.outbox_wake is not None:
+        moved = await self._record("push_rejected", row["id"], exc.error_type, str(exc)[:500])
+        self.metrics.transitions(moved)
+        if moved and self.outbox_wake is not None:
             self.outbox_wake.set()
+        if any(r["woke_next"] for r in moved):
+            self.wake.set()
 
-    async def _record(self, name: str, *args: Any) -> None:
+    async def _record(self, name: str, *args: Any) -> list[Any]:
         """Record an answer; keep trying through a database outage (the lease is the bound)."""
         attempt = 0
         while True:
             try:
-                await self.store.execute(name, *args)
-                return
+                if name in WAKING_QUERIES:
+                    async with self.gate.shared():
+                        return list(await self.store.fetch(name, *args))
+                return list(await self.store.fetch(name, *args))
             except StoreUnavailable:
                 attempt += 1
                 if attempt > 20:
                     log.error("could not record a push answer; the lease will retry it",
-                              extra={"command_id": args[0]})
-                    return
+                              extra={"query": name, "command_id": args[0] if args else None})
+                    return []
                 await asyncio.sleep(backoff_s(attempt, 0.2, 2.0))

@@ -14,18 +14,26 @@ WHERE d.updated_at <= EXCLUDED.updated_at
 RETURNING aos_device, state, push_token IS NOT NULL AS has_token;
 
 -- name: wake_devices
--- Unparked commands of these devices become due for a push now.
-UPDATE commands SET next_push_at = now()
-WHERE aos_device = ANY($1::text[]) AND status = 'PENDING' AND next_push_at IS NULL
-  AND sent_at IS NULL
-RETURNING id;
+-- The oldest parked command of each of these devices becomes due for a push now (the
+-- rest follow one by one, each woken when the one before it is answered).
+UPDATE commands c SET next_push_at = now()
+FROM (SELECT DISTINCT ON (aos_device) id FROM commands
+      WHERE aos_device = ANY($1::text[]) AND status = 'PENDING' AND next_push_at IS NULL
+        AND sent_at IS NULL
+      ORDER BY aos_device, created_at, seq) head
+WHERE c.id = head.id
+RETURNING c.id;
 
 -- name: wake_parked
--- Safety net: parked commands whose device has a token now (a missed wake-up).
+-- Safety net: the oldest parked command of each device that has a token (a missed
+-- wake-up, e.g. an earlier command ended by an ack, a cancel or expiry before its push).
 UPDATE commands c SET next_push_at = now()
-FROM devices d
-WHERE c.status = 'PENDING' AND c.next_push_at IS NULL AND c.sent_at IS NULL
-  AND d.aos_device = c.aos_device AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
+FROM (SELECT DISTINCT ON (p.aos_device) p.id FROM commands p
+      JOIN devices d ON d.aos_device = p.aos_device
+      WHERE p.status = 'PENDING' AND p.next_push_at IS NULL AND p.sent_at IS NULL
+        AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
+      ORDER BY p.aos_device, p.created_at, p.seq) head
+WHERE c.id = head.id
 RETURNING c.id;
 
 -- name: cancel_disenrolled
@@ -82,7 +90,7 @@ SELECT id, status, command, created_at FROM inserted;
 
 -- name: lock_commands
 -- The current state of the commands a batch of acks touches, locked in id order.
-SELECT id, aos_device, status, results FROM commands
+SELECT id, aos_device, organization, status, results FROM commands
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 
 -- name: apply_acks
@@ -186,9 +194,13 @@ SELECT id, aos_device, command, status, previous, created_at FROM moved;
 -- command (or a re-push), never while another push for the device is in flight.
 -- The claim is a lease: an unanswered claim becomes due again when it runs out.
 -- Rows that cannot go now (no token, or waiting behind an earlier command) are parked.
+-- At most $1 rows are looked at, so memory is bounded by the free concurrency; every
+-- row looked at is returned (``claimed`` says which ones to send) so the caller knows
+-- whether more may be due.
 WITH due AS (
     SELECT c.id FROM commands c
     WHERE c.status = 'PENDING' AND c.next_push_at IS NOT NULL AND c.next_push_at <= now()
+      AND c.expires_at > now()
     ORDER BY c.next_push_at LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), candidates AS (
@@ -215,36 +227,51 @@ WITH due AS (
         push_attempts = c.push_attempts + (ch.id IS NOT NULL)::int
     FROM candidates k LEFT JOIN chosen ch ON ch.id = k.id
     WHERE c.id = k.id
-    RETURNING c.id, c.organization, c.aos_device, c.command, c.params, c.secret, c.status,
-              c.expires_at, c.created_at, c.push_attempts, c.pushes, k.push_token,
+    RETURNING c.id, c.organization, c.aos_device, c.command,
+              CASE WHEN ch.id IS NOT NULL THEN c.params END AS params,
+              CASE WHEN ch.id IS NOT NULL THEN c.secret END AS secret,
+              c.status, c.expires_at, c.created_at, c.push_attempts, c.pushes, k.push_token,
               k.old_lease IS NOT NULL AS reclaimed, ch.id IS NOT NULL AS claimed
 )
-SELECT * FROM updated WHERE claimed;
+SELECT * FROM updated;
 
 -- name: push_accepted
--- The provider took the push: record it, release the lease, plan a re-push if wanted,
--- and let the device's next command go.
+-- The provider took the push: record it, release the lease, plan a re-push if wanted
+-- ($4 seconds later, while fewer than $5 pushes were accepted), and let the device's
+-- oldest parked command go (even when an ack already ended this one).
 WITH done AS (
     UPDATE commands
     SET push_id = $2, sent_at = now(), delivery_expires_at = $3, pushes = pushes + 1,
         push_lease_until = NULL, updated_at = now(),
-        next_push_at = CASE WHEN $4::float8 > 0 AND pushes + 1 <= $5::int
+        next_push_at = CASE WHEN $4::float8 > 0 AND pushes + 1 < $5::int
                             THEN now() + $4::float8 * interval '1 second' END
     WHERE id = $1 AND status IN ('PENDING', 'RECEIVED')
     RETURNING aos_device
 )
 UPDATE commands c SET next_push_at = now()
-FROM done
-WHERE c.aos_device = done.aos_device AND c.status = 'PENDING' AND c.next_push_at IS NULL
-  AND c.sent_at IS NULL;
+WHERE c.id = (
+    SELECT o.id FROM commands o
+    WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
+      AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
+      AND o.id <> $1
+    ORDER BY o.created_at, o.seq LIMIT 1)
+RETURNING c.id AS woken;
 
 -- name: push_retry
+-- A retriable failure: release the lease and try again in $2 seconds.
 UPDATE commands
 SET push_lease_until = NULL, next_push_at = now() + $2::float8 * interval '1 second'
 WHERE id = $1 AND status = 'PENDING';
 
+-- name: push_recovered
+-- The provider answers again after an outage: pushes backing off from it go now rather
+-- than at the end of their (possibly long) backoff.
+UPDATE commands SET next_push_at = now()
+WHERE status = 'PENDING' AND next_push_at > now() AND push_lease_until IS NULL
+  AND sent_at IS NULL AND push_attempts > 0;
+
 -- name: push_rejected
--- A permanent rejection ends the command in ERROR.
+-- A permanent rejection ends the command in ERROR and lets the device's next command go.
 WITH moved AS (
     UPDATE commands c
     SET status = 'ERROR', updated_at = now(), finished_at = now(), secret = NULL,
@@ -255,8 +282,19 @@ WITH moved AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
            m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+), woken AS (
+    UPDATE commands c SET next_push_at = now()
+    WHERE c.id = (
+        SELECT o.id FROM commands o
+        WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
+          AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
+          AND o.id <> $1
+        ORDER BY o.created_at, o.seq LIMIT 1)
+    RETURNING c.id
 )
-SELECT id, aos_device, command, status, previous, created_at FROM moved;
+SELECT id, aos_device, command, status, previous, created_at,
+       (SELECT count(*) FROM woken) > 0 AS woke_next
+FROM moved;
 
 -- name: take_outbox
 SELECT seq, command_id, aos_device, payload::text AS payload FROM status_outbox

@@ -10,6 +10,7 @@ An ack for a command not seen yet is held until it arrives (see ``held_events``)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from dispatcher.effects import Effects
 from dispatcher.events import DeviceAck
 from dispatcher.lifecycle import Status, on_ack
 from dispatcher.store import QUERIES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +39,7 @@ class _Step:
 @dataclass
 class _Plan:
     device: str
+    organization: str
     seen: list[dict[str, Any]]
     steps: list[_Step]
 
@@ -70,32 +74,47 @@ async def apply_acks(
     plans: dict[str, _Plan] = {}
     for row in await conn.fetch(QUERIES["lock_commands"], ids):
         status = Status(row["status"])
-        plans[row["id"]] = _Plan(row["aos_device"], list(row["results"]), [_Step(status, status)])
+        plans[row["id"]] = _Plan(row["aos_device"], row["organization"], list(row["results"]),
+                                 [_Step(status, status)])
     to_hold: list[tuple[DeviceAck, Source]] = []
     for ack, source in items:
         plan = plans.get(ack.commandId)
         if plan is None:
             to_hold.append((ack, source))
+            outcome = "held" if hold_unknown else "unknown_command"
         elif plan.device != ack.aosDevice:
             fx.reject(source, "device_mismatch", "the ack's aosDevice is not the command's device")
+            outcome = "device_mismatch"
         else:
-            _plan_ack(plan, ack, source, fx)
+            outcome = _plan_ack(plan, ack, source, fx)
+        _log_ack(ack, plan, outcome)
     await _write(conn, plans, fx)
     await _hold_or_reject(conn, to_hold, fx, hold_unknown)
 
 
-def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> None:
+def _log_ack(ack: DeviceAck, plan: _Plan | None, outcome: str) -> None:
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    log.debug("ack", extra={
+        "command_id": ack.commandId, "device_id": ack.aosDevice,
+        "organization": plan.organization if plan is not None else None,
+        "ack_status": ack.status.value, "outcome": outcome,
+        "status": plan.current.status.value if plan is not None else None})
+
+
+def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> str:
+    """Plan one ack's effect; return its outcome (``ok``, ``duplicate``, ``no_change``)."""
     entry = result_entry(ack, source)
     if entry in plan.seen:
         fx.accept(source, "duplicate")
-        return
+        return "duplicate"
     plan.seen.append(entry)
     step = plan.current
     step.results.append(entry)
     target = on_ack(step.status, ack.status)
     if target is None:
         fx.accept(source, "no_change")
-        return
+        return "no_change"
     fx.accept(source)
     if step.status != step.expected:
         plan.steps.append(_Step(step.status, step.status))
@@ -104,6 +123,7 @@ def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> None:
     if target is Status.ERROR:
         step.error_type = ack.errorType or "DEVICE_ERROR"
         step.error_message = ack.errorMessage
+    return "ok"
 
 
 async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects) -> None:

@@ -40,7 +40,7 @@ from dispatcher.kafka import Producer, input_topics
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox
-from dispatcher.store import Store
+from dispatcher.store import QUERIES, Store
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ class BatchProcessor:
             )
             await ingest.apply_cancels(conn, parsed.by_kind["commands.cancel"], attempt)
             await acks.apply_acks(conn, parsed.by_kind["device-acks"], attempt)
+            freed = attempt.freed_devices()
+            if freed and await conn.fetch(QUERIES["wake_devices"], freed):
+                attempt.wake_push = True
         _merge(fx, attempt)
 
     async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:

@@ -35,6 +35,13 @@ class Effects:
         """Count one input as handled."""
         self.consumed[(source.topic, outcome)] += 1
 
+    def freed_devices(self) -> list[str]:
+        """Devices whose PENDING command just ended: their next parked command may go."""
+        return sorted({
+            r["aos_device"] for r in self.transitions
+            if r.get("previous") == "PENDING" and r["status"] not in ("PENDING", "RECEIVED")
+        })
+
     def moved(self, rows: list[Any]) -> None:
         """Record transitions (rows with command, status, previous, created_at)."""
         if rows:

@@ -50,6 +50,8 @@ class Timer:
             if rows:
                 fx = Effects()
                 fx.moved(list(rows))
+                freed = fx.freed_devices()
+                fx.wake_push = bool(freed and await self.store.fetch("wake_devices", freed))
                 self.metrics.expired.inc(len(rows))
                 self.on_effects(fx)
             total += len(rows)

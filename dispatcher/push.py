@@ -387,6 +387,9 @@ class Pusher:
             await self._record_failure(row, exc)
             return
         self._observe(started, "accepted")
+        log.debug("push accepted", extra={
+            "command_id": row["id"], "device_id": row["aos_device"],
+            "organization": row["organization"], "push_id": push_id})
         recovered = not self.provider_healthy
         self.provider_failures = 0
         self.metrics.dependency_up.labels("push_provider").set(1)
@@ -407,6 +410,7 @@ class Pusher:
 
     async def _record_failure(self, row: Any, exc: PushError) -> None:
         extra = {"command_id": row["id"], "device_id": row["aos_device"],
+                 "organization": row["organization"],
                  "error_type": exc.error_type, "attempt": row["push_attempts"]}
         if exc.retriable:
             self.provider_failures += 1

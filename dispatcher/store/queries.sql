@@ -236,16 +236,17 @@ WITH due AS (
 SELECT * FROM updated;
 
 -- name: push_accepted
--- The provider took the push: record it, release the lease, plan a re-push if wanted
--- ($4 seconds later, while fewer than $5 pushes were accepted), and let the device's
--- oldest parked command go (even when an ack already ended this one).
+-- The provider took the push: record it (also when an ack already ended the command:
+-- the push did happen), release the lease, plan a re-push if wanted ($4 seconds later,
+-- while fewer than $5 pushes were accepted and the command is still PENDING), and let
+-- the device's oldest parked command go. The status never changes here.
 WITH done AS (
     UPDATE commands
     SET push_id = $2, sent_at = now(), delivery_expires_at = $3, pushes = pushes + 1,
         push_lease_until = NULL, updated_at = now(),
-        next_push_at = CASE WHEN $4::float8 > 0 AND pushes + 1 < $5::int
+        next_push_at = CASE WHEN status = 'PENDING' AND $4::float8 > 0 AND pushes + 1 < $5::int
                             THEN now() + $4::float8 * interval '1 second' END
-    WHERE id = $1 AND status IN ('PENDING', 'RECEIVED')
+    WHERE id = $1
     RETURNING aos_device
 )
 UPDATE commands c SET next_push_at = now()
@@ -297,8 +298,12 @@ SELECT id, aos_device, command, status, previous, created_at,
 FROM moved;
 
 -- name: take_outbox
+-- One relay at a time across replicas (a transaction-scoped advisory lock), so status
+-- events reach the topic in the order their transitions committed; a replica that does
+-- not get the lock takes nothing and tries again later.
 SELECT seq, command_id, aos_device, payload::text AS payload FROM status_outbox
-ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED;
+WHERE pg_try_advisory_xact_lock(1685287779)
+ORDER BY seq LIMIT $1 FOR UPDATE;
 
 -- name: delete_outbox
 DELETE FROM status_outbox WHERE seq = ANY($1::bigint[]);
@@ -312,15 +317,6 @@ SELECT * FROM commands WHERE id = $1;
 
 -- name: get_device
 SELECT * FROM devices WHERE aos_device = $1;
-
--- name: list_commands
--- A device's commands, newest first, keyset-paginated by (created_at, id).
-SELECT * FROM commands
-WHERE aos_device = $1
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::text))
-ORDER BY created_at DESC, id DESC
-LIMIT $5;
 
 -- name: api_list_commands
 -- HTTP API: a device's commands newest first, keyset-paginated by (created_at, id) after

@@ -246,6 +246,32 @@ async def test_one_device_one_push_at_a_time_in_creation_order(
     assert pushy.max_inflight >= 4  # different devices in parallel
 
 
+async def test_when_the_head_command_ends_unsent_the_next_one_goes_at_once(
+        fresh: Settings, kafka: Kafka, pushy: TrackingPushy) -> None:
+    """A device's first command cancelled while its push keeps failing: the second is not
+    held back behind it (no wait for the timer's 10 s repair)."""
+    async with serve(fresh, pushy, push_backoff_base_s=5.0, push_backoff_max_s=5.0):
+        device = hex24()
+        pushy.fail_next = [503]
+        await kafka.send("devices", device_event(device))
+        base = datetime.now(UTC)
+        first = command_event(device, createdAt=iso(base))
+        second = command_event(device, createdAt=iso(base + timedelta(milliseconds=5)))
+        await kafka.send_many("commands.created", [first, second])
+
+        async def first_failed() -> bool:
+            return any(r.status == 503 for r in pushy.requests)
+
+        await wait_for(first_failed, timeout=30, what="the first push to fail")
+        started = time.monotonic()
+        await kafka.send("commands.cancel", {"commandId": first["id"], "aosDevice": device,
+                                             "at": iso()})
+        await all_pushed(pushy, [second], timeout=30)
+        waited = time.monotonic() - started
+    assert first["id"] not in accepted_ids(pushy)
+    assert waited < 4.0, f"the next command waited {waited:.1f} s behind a cancelled one"
+
+
 # -- retries, rejections ---------------------------------------------------------------------
 
 

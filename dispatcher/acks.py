@@ -10,6 +10,8 @@ An ack for a command not seen yet is held until it arrives (see ``held_events``)
 
 from __future__ import annotations
 
+import json
+
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +139,7 @@ async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects)
             [cid for cid, _ in batch],
             [s.expected.value for _, s in batch],
             [s.status.value for _, s in batch],
-            [s.results for _, s in batch],
+            [json.dumps(s.results) for _, s in batch],
             [s.error_type for _, s in batch],
             [s.error_message for _, s in batch],
         )

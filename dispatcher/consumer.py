@@ -108,6 +108,8 @@ class BatchProcessor:
         try:
             await self._retrying(lambda: self._write(parsed, fx))
         except Exception as exc:  # a rejection of this data, not an outage: isolate it
+            log.warning("a batch was rejected; writing it record by record", extra={
+                "records": len(parsed.sources), "error": f"{type(exc).__name__}: {exc}"[:300]})
             if len(parsed.sources) <= 1:
                 for source in parsed.sources:
                     log.exception("store rejected an input", extra={"topic": source.topic,

@@ -97,7 +97,10 @@ WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 -- One row per command: its new status (or the same), the results to append, guarded by
 -- the status read under lock.
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[])
+    -- new_results arrive as JSON text: a Python list inside a jsonb[] parameter would be
+    -- taken for an array dimension by the driver
+    SELECT id, expected, status, new_results::jsonb AS new_results, error_type, error_message
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
         AS t(id, expected, status, new_results, error_type, error_message)
 ), moved AS (
     UPDATE commands c

@@ -11,7 +11,6 @@ An ack for a command not seen yet is held until it arrives (see ``held_events``)
 from __future__ import annotations
 
 import json
-
 import logging
 from dataclasses import dataclass, field
 from typing import Any

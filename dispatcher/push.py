@@ -42,7 +42,12 @@ from dispatcher.store import Store
 log = logging.getLogger(__name__)
 
 PERMANENT_TOKEN_CODES = frozenset({"NO_RECIPIENTS", "INVALID_TOKEN", "DEVICE_NOT_FOUND"})
-WAKING_QUERIES = frozenset({"push_accepted", "push_rejected"})
+_CLAIM_GATHER_S = 0.005
+_ANSWER_GATHER_S = 0.003
+"""How long accepted answers gather before they are recorded together."""
+_ANSWER_BATCH = 500
+"""With a backlog, how long to let requests finish before claiming fewer than a batch."""
+WAKING_QUERIES = frozenset({"push_accepted", "push_accepted_many", "push_rejected"})
 """Answers that wake the device's next parked command (see :class:`ClaimGate`)."""
 
 
@@ -227,20 +232,26 @@ class ClaimGate:
     Recording an answer wakes the device's next parked command. A claim running at the
     same moment, from a snapshot taken before that answer, could park the command again
     and it would wait for the timer's repair (``wake_parked``), which stays the safety
-    net between processes. Claims take precedence over new answers.
+    net between processes. Answers go first: a claim waits for the answers already
+    waiting, so a busy pusher cannot starve the recording of answers (their leases keep
+    devices blocked until they are recorded).
     """
 
     def __init__(self) -> None:
         self._cond = asyncio.Condition()
         self._sharing = 0
+        self._sharing_waiting = 0
         self._claiming = False
-        self._claim_waiting = 0
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
         """Hold while recording an answer that may wake a parked command."""
         async with self._cond:
-            await self._cond.wait_for(lambda: not self._claiming and not self._claim_waiting)
+            self._sharing_waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._claiming)
+            finally:
+                self._sharing_waiting -= 1
             self._sharing += 1
         try:
             yield
@@ -253,11 +264,8 @@ class ClaimGate:
     async def exclusive(self) -> AsyncIterator[None]:
         """Hold while claiming."""
         async with self._cond:
-            self._claim_waiting += 1
-            try:
-                await self._cond.wait_for(lambda: not self._claiming and not self._sharing)
-            finally:
-                self._claim_waiting -= 1
+            await self._cond.wait_for(
+                lambda: not self._claiming and not self._sharing and not self._sharing_waiting)
             self._claiming = True
         try:
             yield
@@ -290,6 +298,9 @@ class Pusher:
         self.provider_failures = 0
         self.paused_until = 0.0
         self.gate = ClaimGate()
+        self._min_claim = max(1, settings.push_concurrency // 8)
+        self._accepted: list[tuple[str, str, datetime]] = []
+        self._accepted_ready = asyncio.Event()
 
     @property
     def provider_healthy(self) -> bool:
@@ -299,10 +310,18 @@ class Pusher:
     async def run(self, stop: asyncio.Event, poll_s: float = 0.25) -> None:
         """Claim and send until ``stop``; then wait for the requests in flight."""
         failures = 0
+        backlog = False
+        recorder = asyncio.create_task(self._record_accepted_loop(stop))
         while not stop.is_set():
             free = self.settings.push_concurrency - len(self.inflight)
             if free <= 0:
                 await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if backlog and free < self._min_claim and self.inflight:
+                # More is due than there are free slots: let a few more requests finish
+                # so that one claim fills several slots (a claim per push would make the
+                # claim query, not the provider, the limit).
+                await asyncio.wait(self.inflight, timeout=_CLAIM_GATHER_S)
                 continue
             pause_s = self._pause_s()
             if pause_s > 0:
@@ -322,9 +341,12 @@ class Pusher:
             finally:
                 if self.limiter is not None:
                     self.limiter.give_back(allowed - claimed)
-            if seen < allowed:
+            backlog = seen >= allowed
+            if not backlog:
                 await wait_any(stop, self.wake, timeout_s=poll_s)
         await self.drain()
+        await recorder
+        await self._flush_accepted()
 
     def _pause_s(self) -> float:
         """How long to wait before claiming: a provider's Retry-After, or the rate limit."""
@@ -393,12 +415,10 @@ class Pusher:
         recovered = not self.provider_healthy
         self.provider_failures = 0
         self.metrics.dependency_up.labels("push_provider").set(1)
-        woken = await self._record(
-            "push_accepted", row["id"], push_id, row["expires_at"],
-            self.settings.repush_after_s, self.settings.repush_max + 1,
-        )
-        if woken:
-            self.wake.set()  # the device's next command may go now
+        # The request slot is free now; the answer is recorded with others in one
+        # statement (the command's lease keeps its device blocked until then).
+        self._accepted.append((row["id"], push_id, row["expires_at"]))
+        self._accepted_ready.set()
         if recovered:
             log.info("the push provider accepts pushes again; retrying pushes now")
             await self._record("push_recovered")
@@ -432,6 +452,27 @@ class Pusher:
             self.outbox_wake.set()
         if any(r["woke_next"] for r in moved):
             self.wake.set()
+
+    async def _record_accepted_loop(self, stop: asyncio.Event) -> None:
+        """Record accepted pushes in batches, soon after they are accepted, until ``stop``."""
+        while not stop.is_set():
+            await wait_any(stop, self._accepted_ready, timeout_s=1.0)
+            if len(self._accepted) < _ANSWER_BATCH:
+                await asyncio.sleep(_ANSWER_GATHER_S)  # let a few more answers arrive
+            await self._flush_accepted()
+
+    async def _flush_accepted(self) -> None:
+        while self._accepted:
+            batch, self._accepted = self._accepted[:_ANSWER_BATCH], self._accepted[_ANSWER_BATCH:]
+            if not self._accepted:
+                self._accepted_ready.clear()
+            batch.sort()  # lock rows in id order, like every other batch
+            woken = await self._record(
+                "push_accepted_many", [b[0] for b in batch], [b[1] for b in batch],
+                [b[2] for b in batch], self.settings.repush_after_s,
+                self.settings.repush_max + 1)
+            if woken:
+                self.wake.set()  # the devices' next commands may go now
 
     async def _record(self, name: str, *args: Any) -> list[Any]:
         """Record an answer; keep trying through a database outage (the lease is the bound)."""

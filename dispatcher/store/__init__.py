@@ -39,6 +39,17 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 _LOCK_KEY = 0x646973706174  # "dispat"
 
 
+SERVER_SETTINGS = {"enable_bitmapscan": "off", "application_name": "dispatcher"}
+"""Session settings of the dispatcher's connections.
+
+The hot statements (push claim, expiry, outbox) are ordered scans with a LIMIT over
+partial indexes. Right after a burst, before autoanalyze has caught up, the planner
+underestimates those sets and picks a bitmap scan that reads and sorts the whole due
+set on every call: O(backlog) per claim, a slowdown that feeds itself. An index scan
+stops after LIMIT rows. No dispatcher query benefits from bitmap scans.
+"""
+
+
 def load_queries(text: str) -> dict[str, str]:
     """Split a file of ``-- name: x`` blocks into {name: sql}."""
     queries: dict[str, str] = {}
@@ -60,6 +71,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No session reset on release: the dispatcher keeps no session state (its locks are
+    transaction-scoped), and asyncpg's default reset costs a round trip per query."""
+
+
 class Store:
     """The asyncpg pool and the named queries. ``Q`` maps a query name to its SQL."""
 
@@ -77,6 +93,8 @@ class Store:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
+                server_settings=SERVER_SETTINGS,
                 command_timeout=60,
                 max_inactive_connection_lifetime=60,
             )

@@ -206,7 +206,7 @@ WITH due AS (
       AND c.expires_at > now()
     ORDER BY c.next_push_at LIMIT $1
     FOR UPDATE SKIP LOCKED
-), candidates AS (
+), candidates AS MATERIALIZED (
     SELECT c.id, c.aos_device, c.created_at, c.seq, c.push_lease_until AS old_lease,
            CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
            NOT EXISTS (
@@ -218,23 +218,27 @@ WITH due AS (
            ) AS is_head
     FROM due JOIN commands c ON c.id = due.id
     LEFT JOIN devices dv ON dv.aos_device = c.aos_device
-), chosen AS (
-    SELECT DISTINCT ON (aos_device) id FROM candidates
-    WHERE is_head AND push_token IS NOT NULL
-    ORDER BY aos_device, created_at, seq
+), ranked AS (
+    -- the one to send per device: the oldest eligible candidate (a window, not a join,
+    -- so the plan stays linear whatever the planner guesses about these CTEs)
+    SELECT k.*, (k.is_head AND k.push_token IS NOT NULL AND row_number() OVER (
+               PARTITION BY k.aos_device
+               ORDER BY (k.is_head AND k.push_token IS NOT NULL) DESC, k.created_at, k.seq
+           ) = 1) AS chosen
+    FROM candidates k
 ), updated AS (
     UPDATE commands c
-    SET push_lease_until = CASE WHEN ch.id IS NOT NULL THEN now() + $2 * interval '1 second' END,
-        next_push_at = CASE WHEN ch.id IS NOT NULL OR c.sent_at IS NOT NULL
+    SET push_lease_until = CASE WHEN r.chosen THEN now() + $2 * interval '1 second' END,
+        next_push_at = CASE WHEN r.chosen OR c.sent_at IS NOT NULL
                             THEN now() + $2 * interval '1 second' END,
-        push_attempts = c.push_attempts + (ch.id IS NOT NULL)::int
-    FROM candidates k LEFT JOIN chosen ch ON ch.id = k.id
-    WHERE c.id = k.id
+        push_attempts = c.push_attempts + r.chosen::int
+    FROM ranked r
+    WHERE c.id = r.id
     RETURNING c.id, c.organization, c.aos_device, c.command,
-              CASE WHEN ch.id IS NOT NULL THEN c.params END AS params,
-              CASE WHEN ch.id IS NOT NULL THEN c.secret END AS secret,
-              c.status, c.expires_at, c.created_at, c.push_attempts, c.pushes, k.push_token,
-              k.old_lease IS NOT NULL AS reclaimed, ch.id IS NOT NULL AS claimed
+              CASE WHEN r.chosen THEN c.params END AS params,
+              CASE WHEN r.chosen THEN c.secret END AS secret,
+              c.status, c.expires_at, c.created_at, c.push_attempts, c.pushes, r.push_token,
+              r.old_lease IS NOT NULL AS reclaimed, r.chosen AS claimed
 )
 SELECT * FROM updated;
 
@@ -259,6 +263,34 @@ WHERE c.id = (
       AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
       AND o.id <> $1
     ORDER BY o.created_at, o.seq LIMIT 1)
+RETURNING c.id AS woken;
+
+-- name: push_accepted_many
+-- push_accepted for a batch of answers ($1 ids, $2 push ids, $3 delivery expiries):
+-- one statement instead of one per push.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+        AS t(id, push_id, delivery_expires_at)
+), done AS (
+    UPDATE commands c
+    SET push_id = i.push_id, sent_at = now(), delivery_expires_at = i.delivery_expires_at,
+        pushes = c.pushes + 1, push_lease_until = NULL, updated_at = now(),
+        next_push_at = CASE WHEN c.status = 'PENDING' AND $4::float8 > 0
+                                 AND c.pushes + 1 < $5::int
+                            THEN now() + $4::float8 * interval '1 second' END
+    FROM input i
+    WHERE c.id = i.id
+    RETURNING c.id, c.aos_device
+), heads AS (
+    SELECT DISTINCT ON (o.aos_device) o.id
+    FROM commands o
+    WHERE o.aos_device IN (SELECT aos_device FROM done)
+      AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
+      AND o.id NOT IN (SELECT id FROM done)
+    ORDER BY o.aos_device, o.created_at, o.seq
+)
+UPDATE commands c SET next_push_at = now()
+FROM heads h WHERE c.id = h.id
 RETURNING c.id AS woken;
 
 -- name: push_retry

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from bench.harness import Result  # noqa: E402
+from bench.harness import Result
 
 
 def draw(results: list[Result], path: Path) -> None:

@@ -25,7 +25,6 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy, PushRecord
 from dispatcher.kafka import ensure_topics
 from dispatcher.store import migrate
 
@@ -232,6 +231,24 @@ class Harness:
         finally:
             await conn.close()
 
+    async def start_fake(self, latency_s: float) -> tuple[str, subprocess.Popen[bytes]]:
+        """The fake Pushy in its own process; return its URL."""
+        from dispatcher.devstack import free_port
+
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "bench.fakeproc", str(port),
+                                 str(latency_s), PUSHY_KEY], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        if b"ready" not in line:
+            raise RuntimeError(f"fake pushy did not start: {line!r}")
+        return f"http://127.0.0.1:{port}", proc
+
+    async def fake_get(self, url: str, what: str) -> Any:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/_{what}") as r:
+            return await r.json()
+
     # ------------------------------------------------------------------ phases
 
     async def ingest_and_limits(self, n: int, devices: int) -> list[Result]:
@@ -340,9 +357,7 @@ class Harness:
 
     async def push_throughput(self, n: int, latency_s: float) -> list[Result]:
         dsn, prefix = await self.fresh("push")
-        fake = FakePushy(PUSHY_KEY)
-        fake.latency_s = latency_s
-        url = await fake.start()
+        url, fake = await self.start_fake(latency_s)
         concurrency = 64
         devs = [hexid(d, "pdev") for d in range(n)]
         await self.produce(prefix + "devices", [device_event(d) for d in devs], "aosDevice")
@@ -354,35 +369,31 @@ class Harness:
         try:
             await self.ready(svc)
             deadline = time.monotonic() + 600
-            while len(fake.accepted) < n and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
                 self.sample_rss(svc)
-                await asyncio.sleep(0.2)
-            acc = fake.accepted
+                if (await self.fake_get(url, "stats"))["accepted"] >= n:
+                    break
+                await asyncio.sleep(0.5)
+            times = sorted((await self.fake_get(url, "arrivals")).values())
+            stats = await self.fake_get(url, "stats")
             # steady state: skip the first and last 5% (ramp-up while ingest still runs)
-            lo, hi = acc[len(acc) // 20], acc[-len(acc) // 20 - 1]
-            rate = (len(acc) * 0.9) / max(hi.at - lo.at, 1e-3)
+            lo, hi = times[len(times) // 20], times[-len(times) // 20 - 1]
+            rate = (len(times) * 0.9) / max(hi - lo, 1e-3)
             bound = concurrency / latency_s
             return [Result("push throughput", rate, "push/s", 0.9 * bound, "min",
                            note=f"bound concurrency/latency = {bound:,.0f}/s, "
-                                f"max in flight seen {fake.max_inflight}")]
+                                f"max in flight seen {stats['max_inflight']}")]
         finally:
             await self.stop(svc)
-            await fake.stop()
+            fake.terminate()
+            fake.wait()
 
     async def latency(self, rate: int, seconds: int, label: str,
                       dsn_prefix: tuple[str, str] | None = None) -> list[Result]:
         dsn, prefix = dsn_prefix or await self.fresh("latency")
         await ensure_topics(Settings(kafka_bootstrap=self.bootstrap, topic_prefix=prefix))
         sent: dict[str, float] = {}
-        arrived: dict[str, float] = {}
-
-        def on_push(record: PushRecord) -> None:
-            cid = record.data.get("commandId")
-            if cid and cid not in arrived:
-                arrived[cid] = time.time()
-
-        fake = FakePushy(PUSHY_KEY, on_push=on_push)
-        url = await fake.start()
+        url, fake = await self.start_fake(0.0)
         devs = [hexid(d, "ldev" + prefix) for d in range(max(rate * 2, 2000))]
         await self.produce(prefix + "devices", [device_event(d) for d in devs], "aosDevice")
         svc = self.spawn(dsn, prefix, DISPATCHER_PUSH_PROVIDER="pushy",
@@ -390,12 +401,16 @@ class Harness:
                          DISPATCHER_PUSH_CONCURRENCY="256")
         try:
             await self.ready(svc)
-            await self._warm_up(prefix, devs[0], arrived)
+            await self._warm_up(prefix, devs[0], url)
             await self._steady(prefix, devs, rate, seconds, sent)
             deadline = time.monotonic() + 60
-            while len(set(sent) & set(arrived)) < len(sent) and time.monotonic() < deadline:
+            arrived: dict[str, float] = {}
+            while time.monotonic() < deadline:
                 self.sample_rss(svc)
-                await asyncio.sleep(0.2)
+                arrived = await self.fake_get(url, "arrivals")
+                if set(sent) <= set(arrived):
+                    break
+                await asyncio.sleep(0.5)
             lat = [(arrived[c] - sent[c]) * 1000 for c in sent if c in arrived]
             lost = len(sent) - len(lat)
             note = f"{len(sent):,} commands at {rate}/s" + (f", {lost} not pushed" if lost else "")
@@ -407,15 +422,18 @@ class Harness:
             ]
         finally:
             await self.stop(svc)
-            await fake.stop()
+            fake.terminate()
+            fake.wait()
 
-    async def _warm_up(self, prefix: str, device: str, arrived: dict[str, float]) -> None:
+    async def _warm_up(self, prefix: str, device: str, url: str) -> None:
         probe = command(0, device, "warm" + prefix)
         assert self._producer is not None
         await self._producer.send_and_wait(prefix + "commands.created",
                                            json.dumps(probe).encode(), key=device.encode())
         deadline = time.monotonic() + 60
-        while probe["id"] not in arrived and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if probe["id"] in await self.fake_get(url, "arrivals"):
+                return
             await asyncio.sleep(0.05)
 
     async def _steady(self, prefix: str, devs: list[str], rate: int, seconds: int,
@@ -437,7 +455,7 @@ class Harness:
 
     async def expiry_and_growth(self, overdue: int, big: int, n: int) -> list[Result]:
         results = await self.growth_point(0, n, None)
-        dsn, prefix = await self.fresh("expiry")
+        dsn, _ = await self.fresh("expiry")
         await self.bulk(dsn, overdue, "PENDING", past=True)
         took, expired = await self.run_expiry(dsn)
         results.append(Result("expiry", expired / took, "rows/s", 50_000, "min",

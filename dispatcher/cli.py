@@ -8,16 +8,17 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dispatcher import auth, logs
 from dispatcher.config import Settings
 from dispatcher.exceptions import DispatcherError
 
 STACK_FILE = "stack.json"
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -61,13 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop when it is installed (it is a dependency on Linux)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
     """The service."""
     from dispatcher.app import serve
 
     settings.require_servers()
     logs.setup(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    run_async(serve(settings))
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:

@@ -224,6 +224,7 @@ class StreamConsumer:
             rebalance_timeout_ms=s.kafka_rebalance_timeout_ms,
             max_poll_interval_ms=max(300000, s.kafka_rebalance_timeout_ms),
             fetch_max_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=50,  # a command waits at most this long in the broker
             max_partition_fetch_bytes=4 * 1024 * 1024,
             metadata_max_age_ms=30000,
         )

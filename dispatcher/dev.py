@@ -30,6 +30,7 @@ FLEET_SIZE = 20
 
 def run_dev(settings: Settings) -> None:
     """Start what is missing, run the service with the simulator, stop it all on Ctrl-C."""
+    from dispatcher.cli import run_async
     from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres
 
     dev_dir = Path(settings.dev_dir).resolve()
@@ -47,7 +48,7 @@ def run_dev(settings: Settings) -> None:
             pg = stack.enter_context(EmbeddedPostgres(dev_dir / "postgres"))
             dsn = pg.start()
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_run(settings, bootstrap, dsn, dev_dir))
+            run_async(_run(settings, bootstrap, dsn, dev_dir))
     print("stopped.", flush=True)
 
 

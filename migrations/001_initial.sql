@@ -54,9 +54,6 @@ CREATE INDEX commands_device_open ON commands (aos_device, created_at, seq)
     WHERE status IN ('PENDING', 'RECEIVED');
 -- API listing of a device's commands, newest first
 CREATE INDEX commands_device_list ON commands (aos_device, created_at DESC, id);
--- gauges: open commands by status and the oldest one
-CREATE INDEX commands_open_created ON commands (status, created_at)
-    WHERE status IN ('PENDING', 'RECEIVED');
 
 -- Transactional outbox of mdm.commands.status: written in the same transaction as the
 -- transition, relayed to Kafka and deleted after the broker acknowledged it.

@@ -27,7 +27,8 @@ def reason(model: type, value: bytes | None) -> str:
 def test_a_valid_command_parses_with_utc_time() -> None:
     event = parse(CommandCreated, raw(GOOD), 65536)
     assert event.command == "REBOOT"
-    assert event.createdAt is not None and event.createdAt.utcoffset().total_seconds() == 0
+    assert event.createdAt is not None
+    assert event.createdAt.utcoffset().total_seconds() == 0
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +30,7 @@ def run(acks_seen: list[AckStatus], start: Status = Status.PENDING) -> list[Stat
 @given(ack_sequences)
 def test_every_path_is_allowed_and_never_repeats_a_status(seq: list[AckStatus]) -> None:
     path = run(seq)
-    for before, after in zip(path, path[1:], strict=False):
+    for before, after in itertools.pairwise(path):
         assert lifecycle.allowed(before, after)
     assert len(path) == len(set(path)), "a command never moves to the same status twice"
 

@@ -15,4 +15,5 @@ def test_every_setting_is_in_the_readme() -> None:
 
 
 def test_the_two_commands_are_shown() -> None:
-    assert "make run" in README and "make test" in README
+    assert "make run" in README
+    assert "make test" in README

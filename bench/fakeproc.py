@@ -1,0 +1,43 @@
+"""The fake Pushy in a process of its own, so the load generator never slows the provider.
+
+``python -m bench.fakeproc PORT LATENCY_S API_KEY``; ``GET /_arrivals`` answers
+``{commandId: unix time of its first accepted push}`` and ``GET /_stats`` the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from aiohttp import web
+
+from dispatcher.fakepushy import FakePushy, PushRecord
+
+
+async def main(port: int, latency_s: float, key: str) -> None:
+    arrivals: dict[str, float] = {}
+
+    def on_push(record: PushRecord) -> None:
+        cid = str(record.data.get("commandId"))
+        arrivals.setdefault(cid, time.time())
+
+    fake = FakePushy(key, on_push=on_push)
+    fake.latency_s = latency_s
+
+    async def get_arrivals(request: web.Request) -> web.Response:
+        return web.json_response(arrivals)
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response({"accepted": len(fake.accepted), "requests": len(fake.requests),
+                                  "max_inflight": fake.max_inflight})
+
+    fake.app.router.add_get("/_arrivals", get_arrivals)
+    fake.app.router.add_get("/_stats", get_stats)
+    await fake.start(port=port)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]))

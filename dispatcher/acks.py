@@ -20,6 +20,7 @@ import asyncpg
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import DeviceAck
+from dispatcher.held import hold
 from dispatcher.lifecycle import Status, on_ack
 from dispatcher.store import QUERIES
 
@@ -90,7 +91,7 @@ async def apply_acks(
             outcome = _plan_ack(plan, ack, source, fx)
         _log_ack(ack, plan, outcome)
     await _write(conn, plans, fx)
-    await _hold_or_reject(conn, to_hold, fx, hold_unknown)
+    await hold(conn, "ack", to_hold, fx, hold_unknown)
 
 
 def _log_ack(ack: DeviceAck, plan: _Plan | None, outcome: str) -> None:
@@ -144,26 +145,3 @@ async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects)
         )
         fx.moved([r for r in rows if r["status"] != r["previous"]])
 
-
-async def _hold_or_reject(
-    conn: asyncpg.Connection,
-    items: list[tuple[DeviceAck, Source]],
-    fx: Effects,
-    hold_unknown: bool,
-) -> None:
-    if not items:
-        return
-    if not hold_unknown:
-        for _, source in items:
-            fx.reject(source, "unknown_command", "no command with this commandId arrived in time")
-        return
-    await conn.execute(
-        QUERIES["hold_events"],
-        ["ack"] * len(items),
-        [ack.commandId for ack, _ in items],
-        [ack.model_dump(mode="json") for ack, _ in items],
-        [source.to_json() for _, source in items],
-    )
-    for _, source in items:
-        fx.accept(source, "held")
-        fx.held[("ack", "held")] += 1

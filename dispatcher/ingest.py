@@ -18,6 +18,7 @@ from dispatcher.acks import apply_acks
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState
+from dispatcher.held import hold
 from dispatcher.lifecycle import Status
 from dispatcher.secretbox import SecretBox, split
 from dispatcher.store import QUERIES
@@ -197,31 +198,7 @@ async def apply_cancels(
             fx.accept(source, "ok" if row["status"] in lifecycle.OPEN else "no_change")
     if targets:
         fx.moved(list(await conn.fetch(QUERIES["cancel_commands"], sorted(set(targets)))))
-    await _hold_cancels(conn, to_hold, fx, hold_unknown)
-
-
-async def _hold_cancels(
-    conn: asyncpg.Connection,
-    items: list[tuple[CancelRequest, Source]],
-    fx: Effects,
-    hold_unknown: bool,
-) -> None:
-    if not items:
-        return
-    if not hold_unknown:
-        for _, source in items:
-            fx.reject(source, "unknown_command", "no command with this commandId arrived in time")
-        return
-    await conn.execute(
-        QUERIES["hold_events"],
-        ["cancel"] * len(items),
-        [c.commandId for c, _ in items],
-        [c.model_dump(mode="json") for c, _ in items],
-        [s.to_json() for _, s in items],
-    )
-    for _, source in items:
-        fx.accept(source, "held")
-        fx.held[("cancel", "held")] += 1
+    await hold(conn, "cancel", to_hold, fx, hold_unknown)
 
 
 async def apply_held(conn: asyncpg.Connection, command_ids: list[str], fx: Effects) -> None:

@@ -133,5 +133,13 @@ class Kafka:
             await consumer.stop()
 
 
+async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0,
+                what: str = "condition") -> T:
+    """:func:`wait_for` typed for checks that answer ``None`` until they find something."""
+    found = await wait_for(check, timeout=timeout, what=what)
+    assert found is not None
+    return found
+
+
 def overdue(seconds: int = 3600) -> str:
     return iso(datetime.now(UTC) - timedelta(seconds=seconds))

@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 
 from dispatcher.config import Settings
 from dispatcher.fakepushy import FakePushy
 from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
-from tests.service import PUSHY_KEY, running
-
-
-@pytest.fixture(scope="module")
-async def kafka(settings: Settings) -> Kafka:
-    k = Kafka(settings.kafka_bootstrap, settings.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
-
-
-@pytest.fixture(scope="module")
-async def pushy() -> FakePushy:
-    fake = FakePushy(PUSHY_KEY)
-    url = await fake.start()
-    fake.url = url  # type: ignore[attr-defined]
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture(scope="module")
-async def service(settings: Settings, pushy: FakePushy):
-    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
-        yield rt
 
 
 async def status_of(dsn: str, command_id: str) -> str | None:

@@ -13,16 +13,13 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
-import pytest
 
 from dispatcher.app import Runtime
-from dispatcher.config import Settings
 from dispatcher.fakepushy import FakePushy
 from tests.helpers import (
     Kafka,
@@ -31,48 +28,19 @@ from tests.helpers import (
     device_event,
     hex24,
     iso,
-    wait_for,
+    until,
 )
-from tests.service import PUSHY_KEY, running
 
 T = TypeVar("T")
 
-async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0,
-                what: str = "condition") -> T:
-    """:func:`wait_for` typed for checks that answer ``None`` until they find something."""
-    found = await wait_for(check, timeout=timeout, what=what)
-    assert found is not None
-    return found
 
 
 
-@pytest.fixture(scope="module")
-async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
-    k = Kafka(settings.kafka_bootstrap, settings.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
 
 
-@pytest.fixture(scope="module")
-async def pushy() -> AsyncIterator[FakePushy]:
-    fake = FakePushy(PUSHY_KEY)
-    fake.url = await fake.start()  # type: ignore[attr-defined]
-    yield fake
-    await fake.stop()
 
 
-@pytest.fixture(scope="module")
-async def service(settings: Settings, pushy: FakePushy) -> AsyncIterator[Runtime]:
-    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
-        yield rt
 
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
 
 
 @dataclass

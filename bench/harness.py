@@ -497,6 +497,7 @@ class Harness:
             # this one measures its own commands, not a claim pass over these
             await self.wait_sql(dsn, "SELECT 1 - least(count(*), 1) FROM commands WHERE"
                                 " status = 'PENDING' AND next_push_at <= now()", 1, svc)
+            await self.wait_sql(dsn, "SELECT 1 - least(count(*), 1) FROM status_outbox", 1, svc)
         finally:
             await self.stop(svc)
         rate = await self.rate_from_rows(dsn, "aos_device = ANY($1::text[])", devs)

@@ -15,12 +15,16 @@ RETURNING aos_device, state, push_token IS NOT NULL AS has_token;
 
 -- name: wake_devices
 -- The oldest parked command of each of these devices becomes due for a push now (the
--- rest follow one by one, each woken when the one before it is answered).
+-- rest follow one by one, each woken when the one before it is answered). One past its
+-- deadline is the timer's, not the pusher's (a mass expiry would otherwise wake, and
+-- write, every command it is about to expire).
 UPDATE commands c SET next_push_at = now()
-FROM (SELECT DISTINCT ON (aos_device) id FROM commands
-      WHERE aos_device = ANY($1::text[]) AND status = 'PENDING' AND next_push_at IS NULL
-        AND sent_at IS NULL
-      ORDER BY aos_device, created_at, seq) head
+FROM (SELECT h.id FROM unnest($1::text[]) AS d(aos_device)
+      CROSS JOIN LATERAL (
+          SELECT o.id FROM commands o
+          WHERE o.aos_device = d.aos_device AND o.status = 'PENDING'
+            AND o.next_push_at IS NULL AND o.sent_at IS NULL AND o.expires_at > now()
+          ORDER BY o.created_at, o.seq LIMIT 1) h) head
 WHERE c.id = head.id
 RETURNING c.id;
 
@@ -31,7 +35,7 @@ UPDATE commands c SET next_push_at = now()
 FROM (SELECT DISTINCT ON (p.aos_device) p.id FROM commands p
       JOIN devices d ON d.aos_device = p.aos_device
       WHERE p.status = 'PENDING' AND p.next_push_at IS NULL AND p.sent_at IS NULL
-        AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
+        AND p.expires_at > now() AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
       ORDER BY p.aos_device, p.created_at, p.seq) head
 WHERE c.id = head.id
 RETURNING c.id;
@@ -261,7 +265,7 @@ WHERE c.id = (
     SELECT o.id FROM commands o
     WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
       AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
-      AND o.id <> $1
+      AND o.expires_at > now() AND o.id <> $1
     ORDER BY o.created_at, o.seq LIMIT 1)
 RETURNING c.id AS woken;
 
@@ -282,12 +286,16 @@ WITH input AS (
     WHERE c.id = i.id
     RETURNING c.id, c.aos_device
 ), heads AS (
-    SELECT DISTINCT ON (o.aos_device) o.id
-    FROM commands o
-    WHERE o.aos_device IN (SELECT aos_device FROM done)
-      AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
-      AND o.id NOT IN (SELECT id FROM done)
-    ORDER BY o.aos_device, o.created_at, o.seq
+    -- one index probe per device (LATERAL ... LIMIT 1): a plan that reads every parked
+    -- command and joins them to the batch would cost O(parked) per batch of answers
+    SELECT h.id FROM (SELECT DISTINCT aos_device FROM done) d
+    CROSS JOIN LATERAL (
+        SELECT o.id FROM commands o
+        WHERE o.aos_device = d.aos_device
+          AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
+          AND o.expires_at > now() AND o.id NOT IN (SELECT id FROM done)
+        ORDER BY o.created_at, o.seq LIMIT 1
+    ) h
 )
 UPDATE commands c SET next_push_at = now()
 FROM heads h WHERE c.id = h.id
@@ -324,7 +332,7 @@ WITH moved AS (
         SELECT o.id FROM commands o
         WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
           AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
-          AND o.id <> $1
+          AND o.expires_at > now() AND o.id <> $1
         ORDER BY o.created_at, o.seq LIMIT 1)
     RETURNING c.id
 )

@@ -129,3 +129,13 @@ async def wait_stopped() -> AsyncIterator[list[asyncio.Task[object]]]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show what the fault, crash and replica tests measured."""
+    from tests.helpers import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("figures")
+        for text in FIGURES:
+            terminalreporter.write_line(text)

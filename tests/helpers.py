@@ -143,3 +143,13 @@ async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0,
 
 def overdue(seconds: int = 3600) -> str:
     return iso(datetime.now(UTC) - timedelta(seconds=seconds))
+
+
+FIGURES: list[str] = []
+"""What the fault, crash and replica tests measured, shown at the end of the run."""
+
+
+def report(text: str) -> None:
+    """Print a measured figure and keep it for the run's summary (``-q`` hides prints)."""
+    FIGURES.append(text.strip())
+    print(text)

@@ -46,7 +46,17 @@ from tests.acceptance.conftest import (
     wait_ready,
 )
 from tests.conftest import PgServer
-from tests.helpers import ORG, Kafka, ack_event, command_event, device_event, hex24, iso, wait_for
+from tests.helpers import (
+    ORG,
+    Kafka,
+    ack_event,
+    command_event,
+    device_event,
+    hex24,
+    iso,
+    report,
+    wait_for,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -343,7 +353,7 @@ async def test_sigkill_one_replica_mid_stream(cluster: Cluster) -> None:
     repeated = repeats(pushy, set(expected))
     unrecorded = await cluster.db.fetchval(
         "SELECT count(*) FROM commands WHERE status IN ('DONE', 'ERROR') AND push_id IS NULL")
-    print(f"\n{COMMANDS} commands on {DEVICES} devices, 3 replicas, one SIGKILLed: "
+    report(f"\n{COMMANDS} commands on {DEVICES} devices, 3 replicas, one SIGKILLed: "
           f"{len(pushy.requests)} push requests, {len(pushy.accepted)} accepted, "
           f"{repeated} repeated, {unrecorded} acked commands without a recorded push id "
           f"(in flight at the kill: victim gauge "
@@ -383,7 +393,7 @@ async def test_sigterm_with_pushes_in_flight(cluster: Cluster) -> None:
                                   list(ids))
     accepted = {str(r.data.get("commandId")): r.push_id for r in pushy.accepted}
     repeated = repeats(pushy, ids)
-    print(f"\nSIGTERM with {inflight:g} pushes in flight (1 s each): exit {code} in {took:.1f}s; "
+    report(f"\nSIGTERM with {inflight:g} pushes in flight (1 s each): exit {code} in {took:.1f}s; "
           f"{len(ids)} commands, {repeated} repeated pushes")
     assert {r["id"] for r in rows} == ids
     assert {r["status"] for r in rows} == {"PENDING"}

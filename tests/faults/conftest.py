@@ -35,7 +35,7 @@ from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from dispatcher.fakepushy import FakePushy, PushRecord
 from dispatcher.lifecycle import Status, allowed
 from tests.acceptance.conftest import DISPATCHER, PUSHY_KEY, service_env
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
+from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, report, wait_for
 
 SEED = int(os.environ.get("DISPATCHER_FAULT_SEED", "20261123"))
 CONCURRENCY = 16
@@ -318,7 +318,7 @@ async def verify(figures: Figures, kafka: Kafka, db: asyncpg.Connection,
 
 
 def assert_nothing_lost(figures: Figures) -> None:
-    print(figures.show())
+    report(figures.show())
     assert figures.lost == 0, figures.show()
     assert figures.duplicate_transitions == 0, figures.show()
     assert figures.bad_transitions == 0, figures.show()

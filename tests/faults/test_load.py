@@ -22,7 +22,7 @@ from dispatcher.devstack import EmbeddedKafka
 from dispatcher.fakepushy import PushRecord
 from tests.conftest import PgServer
 from tests.faults.conftest import Figures, Rig, create_database, open_rig
-from tests.helpers import ack_event, command_event, wait_for
+from tests.helpers import ack_event, command_event, report, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -155,7 +155,7 @@ async def test_sustained_rate(rig: Rig) -> None:
         statuses_at_load_end=at_end, statuses_final=final,
         all_done_after_s=round(time.monotonic() - load_ended, 1) if done else "not yet",
         duplicate_transitions="not read back at this volume (see the other fault tests)")
-    print(figures.show())
+    report(figures.show())
     assert rig.dispatcher.alive, rig.dispatcher.log_tail()
     assert figures.lost == 0
     assert last <= first * GROWTH, (first, last)

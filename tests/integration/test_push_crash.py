@@ -24,7 +24,7 @@ import pytest
 
 from dispatcher.devstack import free_port
 from dispatcher.fakepushy import FakePushy
-from tests.helpers import Kafka, command_event, device_event, hex24, wait_for
+from tests.helpers import Kafka, command_event, device_event, hex24, report, wait_for
 from tests.service import PUSHY_KEY
 
 DISPATCHER = Path(sys.executable).with_name("dispatcher")
@@ -143,7 +143,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
         await conn.close()
     counts = Counter(str(r.data["commandId"]) for r in pushy.accepted)
     repeats = sum(n - 1 for n in counts.values())
-    print(f"\n{COMMANDS} commands, {len(KILL_AFTER_PUSHES)} SIGKILLs, concurrency {CONCURRENCY}: "
+    report(f"\n{COMMANDS} commands, {len(KILL_AFTER_PUSHES)} SIGKILLs, concurrency {CONCURRENCY}: "
           f"{len(pushy.requests)} requests, {len(pushy.accepted)} accepted, "
           f"{repeats} repeated pushes; in flight at the fake at each kill: {in_flight_at_kills}")
     assert sorted(r["id"] for r in rows) == sorted(c["id"] for c in cmds)

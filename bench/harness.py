@@ -466,6 +466,8 @@ class Harness:
         took, expired = await self.run_expiry(dsn)
         results.append(Result("expiry", expired / took, "rows/s", 50_000, "min",
                               note=f"{expired:,} overdue commands"))
+        results.append(await self.relay_rate(dsn, expired))
+        await self.settle(dsn)
         results += await self.growth_point(overdue, n, dsn)
         await self.bulk(dsn, big, "DONE", past=True)
         idle_ms = await self.idle_tick_ms(dsn)
@@ -510,6 +512,31 @@ class Harness:
         lat = await self.latency(1000, 5, f"1000/s, {stored:,} stored", (dsn, prefix + "l."))
         return [Result(f"ingest with {stored:,} stored", rate, "cmd/s"), lat[-1]]
 
+    async def relay_rate(self, dsn: str, events: int) -> Result:
+        """A dispatcher publishes the status events the expiry wrote; events/s."""
+        _, prefix = await self.fresh("relay")
+        svc = self.spawn(dsn, prefix)
+        try:
+            await self.ready(svc)
+            started = time.monotonic()
+            done = await self.wait_sql(
+                dsn, "SELECT 1 - least(count(*), 1) FROM status_outbox", 1, svc, every=0.2)
+        finally:
+            await self.stop(svc)
+        return Result("status events relayed", events / (done - started), "events/s",
+                      note=f"{events:,} EXPIRED events from the outbox to the topic")
+
+    async def settle(self, dsn: str) -> None:
+        """Vacuumed and checkpointed, as a table in service is: the next phase measures
+        the stored rows, not the clean-up after the last one."""
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("VACUUM ANALYZE commands")
+            await conn.execute("VACUUM ANALYZE status_outbox")
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
     async def bulk(self, dsn: str, n: int, status: str, past: bool) -> None:
         """Insert n commands server-side (fast): finished or overdue."""
         conn = await asyncpg.connect(dsn)
@@ -526,12 +553,11 @@ class Harness:
                           NULL
                    FROM generate_series(1, $1) g""",
                 n, status, secrets.token_hex(4), ORG, ENT)
-            # A table that grew over months has been vacuumed all along: measure that
-            # steady state, not the one-off vacuum that follows a bulk load.
-            await conn.execute("VACUUM ANALYZE commands")
-            await conn.execute("CHECKPOINT")
         finally:
             await conn.close()
+        # A table that grew over months has been vacuumed all along: measure that
+        # steady state, not the one-off vacuum that follows a bulk load.
+        await self.settle(dsn)
 
     async def run_expiry(self, dsn: str) -> tuple[float, int]:
         from dispatcher.expiry import Timer

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PERMANENT_TOKEN_CODES = frozenset({"NO_RECIPIENTS", "INVALID_TOKEN", "DEVICE_NOT_FOUND"})
 _CLAIM_GATHER_S = 0.005
-_ANSWER_GATHER_S = 0.001
+_ANSWER_GATHER_S = 0.003
 """How long accepted answers gather before they are recorded together."""
 _ANSWER_BATCH = 500
 """With a backlog, how long to let requests finish before claiming fewer than a batch."""
@@ -275,24 +275,12 @@ class ClaimGate:
                 self._cond.notify_all()
 
 
-def unrecorded_bound(concurrency: int) -> int:
-    """The most pushes one process has sent without their answer recorded yet: what a
-    crash of that process can make the next claim send again."""
-    return concurrency + claim_ahead(concurrency)
-
-
-def claim_ahead(concurrency: int) -> int:
-    """Pushes claimed ahead of free request slots (see :class:`Pusher`)."""
-    return max(1, concurrency // 2)
-
-
 class Pusher:
     """Claims due pushes from PostgreSQL and sends them with bounded concurrency.
 
-    Memory is bounded by ``DISPATCHER_PUSH_CONCURRENCY``: at most ``unrecorded_bound``
-    pushes are claimed and not yet recorded (requests in flight, claimed ahead of a free
-    slot, or answered and waiting for the batched write), so a backlog of a million
-    pending pushes stays in PostgreSQL, and a crash repeats at most that many pushes.
+    Memory is bounded by ``DISPATCHER_PUSH_CONCURRENCY``: a claim asks for at most as
+    many rows as there are free request slots, so a backlog of a million pending pushes
+    stays in PostgreSQL.
     """
 
     def __init__(self, settings: Settings, store: Store, provider: Provider,
@@ -313,12 +301,12 @@ class Pusher:
         self._min_claim = max(1, settings.push_concurrency // 8)
         # Claimed ahead of free request slots: a slot that frees takes the next claimed
         # push at once instead of idling while a claim runs (measured at 50 ms provider
-        # latency: 80% of concurrency/latency without, 92% with).
-        self._ahead = claim_ahead(settings.push_concurrency)
+        # latency: ~80% of concurrency/latency without, ~90% with).
+        self._ahead = max(1, settings.push_concurrency // 4)
         self._slots = asyncio.Semaphore(settings.push_concurrency)
         self._sending = 0
         self._stopping = False
-        self._accepted: list[tuple[str, str, datetime, asyncio.Future[None]]] = []
+        self._accepted: list[tuple[str, str, datetime]] = []
         self._accepted_ready = asyncio.Event()
 
     @property
@@ -330,8 +318,7 @@ class Pusher:
         """Claim and send until ``stop``; then wait for the requests in flight."""
         failures = 0
         backlog = False
-        drained = asyncio.Event()
-        recorder = asyncio.create_task(self._record_accepted_loop(drained))
+        recorder = asyncio.create_task(self._record_accepted_loop(stop))
         while not stop.is_set():
             free = self.settings.push_concurrency + self._ahead - len(self.inflight)
             if free <= 0:
@@ -366,7 +353,6 @@ class Pusher:
                 await wait_any(stop, self.wake, timeout_s=poll_s)
         self._stopping = True  # claimed pushes still waiting for a slot are handed back
         await self.drain()
-        drained.set()
         await recorder
         await self._flush_accepted()
 
@@ -426,21 +412,15 @@ class Pusher:
                 self._sending += 1
                 self.metrics.push_inflight.set(self._sending)
                 try:
-                    recorded = await self._send(row)
+                    await self._send(row)
                 finally:
                     self._sending -= 1
                     self.metrics.push_inflight.set(self._sending)
-            # The request slot is free; the push still counts against the claim window
-            # until its answer is durable, so that what a crash can repeat (pushes sent
-            # and not recorded) stays within unrecorded_bound().
-            if recorded is not None:
-                await recorded
         except Exception:
             log.exception("push failed unexpectedly; its lease will retry it",
                           extra={"command_id": row["id"], "device_id": row["aos_device"]})
 
-    async def _send(self, row: Any) -> asyncio.Future[None] | None:
-        """Send one push; for an accepted one, return what resolves once it is recorded."""
+    async def _send(self, row: Any) -> None:
         request = self._request(row)
         started = time.monotonic()
         try:
@@ -448,7 +428,7 @@ class Pusher:
         except PushError as exc:
             self._observe(started, exc.outcome)
             await self._record_failure(row, exc)
-            return None
+            return
         self._observe(started, "accepted")
         log.debug("push accepted", extra={
             "command_id": row["id"], "device_id": row["aos_device"],
@@ -458,14 +438,12 @@ class Pusher:
         self.metrics.dependency_up.labels("push_provider").set(1)
         # The request slot is free now; the answer is recorded with others in one
         # statement (the command's lease keeps its device blocked until then).
-        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._accepted.append((row["id"], push_id, row["expires_at"], recorded))
+        self._accepted.append((row["id"], push_id, row["expires_at"]))
         self._accepted_ready.set()
         if recovered:
             log.info("the push provider accepts pushes again; retrying pushes now")
             await self._record("push_recovered")
             self.wake.set()
-        return recorded
 
     def _observe(self, started: float, outcome: str) -> None:
         self.metrics.push_duration.labels(self.provider.name).observe(time.monotonic() - started)
@@ -496,11 +474,10 @@ class Pusher:
         if any(r["woke_next"] for r in moved):
             self.wake.set()
 
-    async def _record_accepted_loop(self, drained: asyncio.Event) -> None:
-        """Record accepted pushes in batches, soon after they are accepted, until the
-        pushes in flight at shutdown are ``drained``."""
-        while not drained.is_set():
-            await wait_any(drained, self._accepted_ready, timeout_s=1.0)
+    async def _record_accepted_loop(self, stop: asyncio.Event) -> None:
+        """Record accepted pushes in batches, soon after they are accepted, until ``stop``."""
+        while not stop.is_set():
+            await wait_any(stop, self._accepted_ready, timeout_s=1.0)
             if len(self._accepted) < _ANSWER_BATCH:
                 await asyncio.sleep(_ANSWER_GATHER_S)  # let a few more answers arrive
             await self._flush_accepted()
@@ -510,16 +487,11 @@ class Pusher:
             batch, self._accepted = self._accepted[:_ANSWER_BATCH], self._accepted[_ANSWER_BATCH:]
             if not self._accepted:
                 self._accepted_ready.clear()
-            batch.sort(key=lambda b: b[0])  # lock rows in id order, like every other batch
-            try:
-                woken = await self._record(
-                    "push_accepted_many", [b[0] for b in batch], [b[1] for b in batch],
-                    [b[2] for b in batch], self.settings.repush_after_s,
-                    self.settings.repush_max + 1)
-            finally:
-                for *_, recorded in batch:
-                    if not recorded.done():
-                        recorded.set_result(None)
+            batch.sort()  # lock rows in id order, like every other batch
+            woken = await self._record(
+                "push_accepted_many", [b[0] for b in batch], [b[1] for b in batch],
+                [b[2] for b in batch], self.settings.repush_after_s,
+                self.settings.repush_max + 1)
             if woken:
                 self.wake.set()  # the devices' next commands may go now
 

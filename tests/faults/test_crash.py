@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.push import unrecorded_bound
 from tests.conftest import PgServer
 from tests.faults.conftest import (
     CONCURRENCY,
@@ -74,7 +73,7 @@ async def test_sigkill_at_random_moments(rig: Rig) -> None:
     await kill_loop(rig, figures, streaming)
     await streaming
     figures.kills = figures.faults = rig.dispatcher.kills
-    figures.repeat_bound = figures.kills * unrecorded_bound(CONCURRENCY)
+    figures.repeat_bound = figures.kills * CONCURRENCY
     killed_until = time.monotonic()
 
     await rig.dispatcher.wait_ready()

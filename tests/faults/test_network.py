@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
-from dispatcher.push import unrecorded_bound
 from tests.faults.conftest import (
     CONCURRENCY,
     Figures,
@@ -145,7 +144,7 @@ async def test_fault_and_recovery(net: Net, target: str, mode: str) -> None:
     if target == "pushy":
         figures.repeat_bound += proxy.cuts - cuts_before
     if target == "postgres":
-        figures.repeat_bound += unrecorded_bound(CONCURRENCY)
+        figures.repeat_bound += CONCURRENCY
     assert rig.dispatcher.alive, rig.dispatcher.log_tail()
     assert rig.dispatcher.starts == 1
     assert_nothing_lost(figures)

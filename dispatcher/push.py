@@ -275,6 +275,13 @@ class ClaimGate:
                 self._cond.notify_all()
 
 
+def repeat_bound(concurrency: int) -> int:
+    """What a crash of one process can make the next claim push again: the requests in
+    flight, plus answers received and not yet written (they are written in batches
+    every few milliseconds, and a slot freed by an answer takes the next claimed push)."""
+    return concurrency + max(1, concurrency // 4)
+
+
 class Pusher:
     """Claims due pushes from PostgreSQL and sends them with bounded concurrency.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.push import repeat_bound
 from tests.conftest import PgServer
 from tests.faults.conftest import (
     CONCURRENCY,
@@ -73,7 +74,7 @@ async def test_sigkill_at_random_moments(rig: Rig) -> None:
     await kill_loop(rig, figures, streaming)
     await streaming
     figures.kills = figures.faults = rig.dispatcher.kills
-    figures.repeat_bound = figures.kills * CONCURRENCY
+    figures.repeat_bound = figures.kills * repeat_bound(CONCURRENCY)
     killed_until = time.monotonic()
 
     await rig.dispatcher.wait_ready()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
+from dispatcher.push import repeat_bound
 from tests.faults.conftest import (
     CONCURRENCY,
     Figures,
@@ -144,7 +145,7 @@ async def test_fault_and_recovery(net: Net, target: str, mode: str) -> None:
     if target == "pushy":
         figures.repeat_bound += proxy.cuts - cuts_before
     if target == "postgres":
-        figures.repeat_bound += CONCURRENCY
+        figures.repeat_bound += repeat_bound(CONCURRENCY)
     assert rig.dispatcher.alive, rig.dispatcher.log_tail()
     assert rig.dispatcher.starts == 1
     assert_nothing_lost(figures)

@@ -24,6 +24,7 @@ import pytest
 
 from dispatcher.devstack import free_port
 from dispatcher.fakepushy import FakePushy
+from dispatcher.push import repeat_bound
 from tests.helpers import Kafka, command_event, device_event, hex24, report, wait_for
 from tests.service import PUSHY_KEY
 
@@ -150,7 +151,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
     assert {r["status"] for r in rows} == {"PENDING"}
     assert all(r["push_id"] for r in rows)
     assert set(counts) == {c["id"] for c in cmds}
-    assert repeats <= CONCURRENCY * len(KILL_AFTER_PUSHES)
+    assert repeats <= repeat_bound(CONCURRENCY) * len(KILL_AFTER_PUSHES)
     assert PASSWORD not in svc.output()
     assert PUSHY_KEY not in svc.output()
 

@@ -6,7 +6,8 @@ letters are acknowledged by the broker, and only then are the batch's offsets
 committed (the next offset of each partition). A crash anywhere before the commit
 replays the batch; every write is idempotent, so a replay changes nothing twice.
 
-Nothing blocks a partition: an input that cannot be parsed, or that the database
+Nothing blocks a partition: an input that cannot be parsed (however malformed: deep
+nesting is refused before parsing, see :mod:`dispatcher.safejson`), or that the database
 rejects, is dead-lettered with its reason and the stream moves on. When PostgreSQL or
 the broker is unavailable the batch is retried with backoff, offsets stay where they
 are, and ``/readyz`` says so.
@@ -98,6 +99,12 @@ class BatchProcessor:
                 event = parse(_MODELS[kind], source.value, self.settings.max_event_bytes)
             except InvalidEvent as exc:
                 fx.reject(source, exc.reason, exc.detail)
+                continue
+            except Exception as exc:  # a parser bug must not stop the partition on every replica
+                log.exception("an input could not be parsed; dead-lettered", extra={
+                    "topic": source.topic, "partition": source.partition,
+                    "offset": source.offset})
+                fx.reject(source, "parse_failed", f"{type(exc).__name__}: {exc}"[:300])
                 continue
             parsed.by_kind[kind].append((event, source))
             parsed.sources.append(source)

@@ -8,11 +8,11 @@ UTF-8 are carried as base64; values past :data:`VALUE_MAX_BYTES` are truncated.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher import safejson
 from dispatcher.events import DeadLetter
 from dispatcher.secretbox import redact, redact_raw
 
@@ -91,10 +91,14 @@ def build(source: Source, reason: str, detail: str) -> DeadLetter:
 
 
 def _redacted(raw: bytes) -> bytes:
-    """The raw value byte for byte, unless it holds a secret (then redacted, re-serialized)."""
+    """The raw value byte for byte, unless it holds a secret (then redacted).
+
+    Cannot fail: a value that does not parse (too deep, not JSON, not UTF-8) is redacted
+    as text, which walks nothing recursively.
+    """
     try:
-        decoded = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        decoded = safejson.loads(raw)
+    except ValueError:
         return redact_raw(raw)
     return raw if redact(decoded) == decoded else redact_raw(raw)
 

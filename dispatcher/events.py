@@ -7,7 +7,6 @@ rejected (and dead-lettered by the caller with the reason :func:`parse` gives).
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -21,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from dispatcher import safejson
 from dispatcher.exceptions import InvalidEvent
 from dispatcher.lifecycle import MAX_DURATION_S, AckStatus, CommandType, Status
 
@@ -191,8 +191,12 @@ def parse(model: type[M], raw: bytes | None, max_bytes: int) -> M:
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"the value is {len(raw)} bytes, more than {max_bytes}")
     try:
-        decoded = json.loads(raw, parse_float=_finite, parse_constant=_not_json)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN and infinities
+        decoded = safejson.loads(raw)
+    except safejson.TooDeep as exc:
+        raise InvalidEvent("too_deep", str(exc)) from exc
+    except safejson.DuplicateKey as exc:
+        raise InvalidEvent("duplicate_key", str(exc)) from exc
+    except ValueError as exc:  # not UTF-8, not JSON, NaN and infinities, huge numbers
         raise InvalidEvent("invalid_json", str(exc)[:300]) from exc
     if not isinstance(decoded, dict):
         raise InvalidEvent("validation", f"expected a JSON object, got {type(decoded).__name__}")
@@ -200,18 +204,6 @@ def parse(model: type[M], raw: bytes | None, max_bytes: int) -> M:
         return model.model_validate(decoded)
     except ValidationError as exc:
         raise InvalidEvent(_reason(exc), _describe(exc)) from exc
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
-
-
-def _not_json(name: str) -> Any:
-    # Python's json accepts NaN and Infinity; JSON (and PostgreSQL's jsonb) does not.
-    raise ValueError(f"{name} is not JSON")
 
 
 def _reason(exc: ValidationError) -> str:

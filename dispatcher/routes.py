@@ -17,7 +17,6 @@ import binascii
 import hashlib
 import json
 import logging
-import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from dispatcher import api, auth
+from dispatcher import api, auth, safejson
 from dispatcher.effects import Effects
 from dispatcher.events import CommandCreated
 from dispatcher.exceptions import StoreUnavailable
@@ -204,17 +203,6 @@ def hex_id(request: web.Request, name: str) -> str:
     return value
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _check_tree(value: Any, depth: int = 0) -> None:
     if depth > MAX_JSON_DEPTH:
         raise invalid(f"body: nested deeper than {MAX_JSON_DEPTH} levels")
@@ -246,10 +234,11 @@ async def read_json(request: web.Request, required: bool = True) -> dict[str, An
         raise ApiError(415, Code.UNSUPPORTED_MEDIA_TYPE,
                        "Content-Type must be application/json")
     try:
-        value = json.loads(raw.decode("utf-8"), parse_float=_finite_float,
-                           parse_constant=_no_constants)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (UnicodeError, ValueError, RecursionError) as exc:
+        value = safejson.loads(raw, MAX_JSON_DEPTH)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # lone surrogates
+    except safejson.TooDeep as exc:
+        raise invalid(f"body: {exc}") from exc
+    except (UnicodeError, ValueError) as exc:
         raise invalid(f"body: not valid UTF-8 JSON ({str(exc)[:120]})") from exc
     if not isinstance(value, dict):
         raise invalid("body: must be a JSON object")
@@ -298,7 +287,7 @@ def decode_cursor(token: str | None, name: str) -> tuple[datetime | None, str | 
         return None, None
     try:
         padded = token + "=" * (-len(token) % 4)
-        at, cid = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        at, cid = safejson.loads(base64.urlsafe_b64decode(padded.encode("ascii")), 1)
         when = datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
         raise invalid(f"{name}: not a cursor this API gave out") from exc

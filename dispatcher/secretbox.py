@@ -17,6 +17,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from dispatcher import safejson
+
 SECRET_KEYS: frozenset[str] = frozenset(
     {"newPassword", "password", "passcode", "pin", "unlockPin", "secret", "token", "apiKey"}
 )
@@ -24,7 +26,10 @@ SECRET_KEYS: frozenset[str] = frozenset(
 
 REDACTED = "***"
 _KEY_PATTERN = "|".join(sorted(re.escape(k) for k in SECRET_KEYS | {"api_key", "pushToken"}))
-_RAW_SECRET = re.compile(rf'("(?:{_KEY_PATTERN})"\s*:\s*)"(?:[^"\\]|\\.)*"')
+# a quoted secret value; possessive and ending at the end of an unterminated string, so
+# the scan is linear whatever the text
+_RAW_SECRET = re.compile(
+    rf'("(?:{_KEY_PATTERN})"\s*:\s*)"(?:[^"\\]++|\\[\s\S])*+(?:"|\\?\Z)')
 _QUERY_SECRET = re.compile(r"(api_key=)[^&\s\"']+")
 _FALLBACK_KEY = "dispatcher-built-in-key: set DISPATCHER_SECRET_KEY"
 
@@ -52,14 +57,16 @@ def redact_text(text: str) -> str:
 
 
 def redact_raw(raw: bytes) -> bytes:
-    """A raw event value with secrets redacted, whether or not it is valid JSON."""
+    """A raw event value with secrets redacted, whether or not it is valid JSON.
+
+    Cannot fail and never recurses without bound: a value that is not JSON, or nests too
+    deep to walk, is redacted as text (bytes that are not UTF-8 kept as they were).
+    """
     try:
-        decoded = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        try:
-            return redact_text(raw.decode()).encode()
-        except UnicodeDecodeError:
-            return raw
+        decoded = safejson.loads(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "surrogateescape")
+        return redact_text(text).encode("utf-8", "surrogateescape")
     return json.dumps(redact(decoded), ensure_ascii=False).encode()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -128,6 +129,20 @@ async def test_invalid_commands_are_invalid_argument(service, http, token, regis
     device = await register()
     answer = await call(http, "POST", dev(device) + ":issueCommand", token(), body)
     assert field in google_error(answer, 400, "INVALID_ARGUMENT")
+
+
+async def test_bodies_and_page_tokens_nested_too_deep_are_invalid_argument(
+        service, http, token, register) -> None:
+    device = await register()
+    deep = b'{"type": "LOCK", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    async with http.post(dev(device) + ":issueCommand", data=deep, headers={
+            "Authorization": token(), "Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["status"] == "INVALID_ARGUMENT"
+    page_token = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode().rstrip("=")
+    answer = await call(http, "GET", dev(device) + f"/operations?pageToken={page_token}",
+                        token())
+    assert "pageToken" in google_error(answer, 400, "INVALID_ARGUMENT")
 
 
 async def test_acks_fill_status_error_code_and_done(service, http, token, register,

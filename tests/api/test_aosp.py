@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import warnings
 from typing import Any
@@ -250,6 +251,7 @@ async def test_malformed_requests_answer_in_the_envelope(service, http, token,
                                                          register) -> None:
     device = await register()
     auth = {"Authorization": token()}
+    deep_cursor = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode().rstrip("=")
     cases: list[tuple[str, str, dict[str, str], bytes, int, int]] = [
         ("POST", url(device), {"Content-Type": "application/json"}, b"{not json", 400, 4000),
         ("POST", url(device), {"Content-Type": "application/json"}, b'{"command": NaN}', 400,
@@ -260,6 +262,11 @@ async def test_malformed_requests_answer_in_the_envelope(service, http, token,
         ("POST", url(device), {"Content-Type": "application/json"},
          b'{"command": "LOCK", "params": {"a": "\\ud800"}}', 400, 4000),
         ("POST", url(device), {"Content-Type": "application/json"}, b"[" * 5000, 400, 4000),
+        ("POST", url(device), {"Content-Type": "application/json"},
+         b'{"command": "LOCK", "params": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001, 400, 4000),
+        ("POST", url(device), {"Content-Type": "application/json"},
+         b'{"command": "LOCK", "command": "WIPE"}', 400, 4000),
+        ("GET", url(device) + "?cursor=" + deep_cursor, {}, b"", 400, 4000),
         ("POST", url(device), {"Content-Type": "text/plain"}, b'{"command": "LOCK"}', 415, 4015),
         ("POST", url(device), {"Content-Type": "application/json"},
          b'{"command": "LOCK", "params": {"a": "' + b"x" * 200_000 + b'"}}', 413, 4013),

@@ -93,8 +93,16 @@ def poison_cases(device: str, command_id: str) -> list[tuple[str, bytes, str, st
          "NUL in params"),
         ("commands.created", compact({**cmd, "createdAt": "2026-11-23T10:00:00"}), "validation",
          "timestamp without a zone"),
-        ("commands.created", compact({**cmd, "params": {"note": "\ud800"}}), "validation",
+        ("commands.created", compact({**cmd, "params": {"note": "\ud800"}}), "invalid_json",
          "a lone surrogate in params"),
+        ("commands.created", b"[" * 5000 + b"]" * 5000, "too_deep", "arrays 5,000 deep"),
+        ("commands.created", b'{"id": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001, "too_deep",
+         "objects 5,000 deep"),
+        ("commands.created", compact(cmd)[:-1] + b',"command":"WIPE"}', "duplicate_key",
+         "a key given twice"),
+        ("device-acks", b'{"commandId": ' + b"[" * 5000 + b"]" * 5000 + b"}", "too_deep",
+         "an ack 5,000 deep"),
+        ("commands.cancel", b"[" * 5000 + b"]" * 5000, "too_deep", "a cancel 5,000 deep"),
         ("devices", b"", "empty", "empty value"),
         ("devices", compact({**dev, "state": "LOST"}), "validation", "unknown state"),
         ("devices", compact({**dev, "aosDevice": device[:-1] + "Z"}), "validation", "bad id"),
@@ -106,7 +114,7 @@ def poison_cases(device: str, command_id: str) -> list[tuple[str, bytes, str, st
          "unknown ack status"),
         ("device-acks", compact({**ack, "errorMessage": "bad\x00"}), "validation", "NUL"),
         ("device-acks", compact({**ack, "data": [1]}), "validation", "data not object"),
-        ("device-acks", compact({**ack, "errorMessage": "\udfff"}), "validation",
+        ("device-acks", compact({**ack, "errorMessage": "\udfff"}), "invalid_json",
          "a lone surrogate in a text field"),
         ("device-acks", compact({**ack, "data": {"n": float("nan")}}), "invalid_json",
          "NaN (not JSON)"),
@@ -135,7 +143,7 @@ async def test_poison_is_dead_lettered_and_the_stream_flows(
         service: Runtime, kafka: Kafka, db: asyncpg.Pool, pushy: FakePushy) -> None:
     device = hex24()
     await kafka.send("devices", device_event(device))
-    targets = [command_event(device) for _ in range(12)]
+    targets = [command_event(device) for _ in range(16)]
     await kafka.send_many("commands.created", targets)
     for target in targets:
         await until(partial(fetch_status, db, target["id"]), what="targets stored")

@@ -4,8 +4,8 @@ Every ``DISPATCHER_EXPIRY_INTERVAL_S`` it marks open commands past their deadlin
 EXPIRED in batches (``FOR UPDATE SKIP LOCKED``: replicas share the work and each
 command expires once), applies held acks/cancels whose command has arrived, and
 dead-letters those whose command never came within ``DISPATCHER_HOLD_WINDOW_S``.
-It also keeps the planner's statistics of ``commands`` from falling far behind a burst
-(see ``planner_stats_stale`` in ``store/queries.sql``).
+(No statistics upkeep: the hot statements' plans do not depend on the planner's
+statistics, see "Index keys" in ``store/queries.sql``.)
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-
-import asyncpg
 
 from dispatcher import deadletter, ingest
 from dispatcher.aio import sleep_unless
@@ -48,7 +46,6 @@ class Timer:
         self.on_effects = on_effects
         self._last_repair = 0.0
         self._waking = asyncio.Lock()
-        self._may_analyze = True
 
     async def expire(self) -> int:
         """Expire every overdue open command; return how many.
@@ -120,32 +117,8 @@ class Timer:
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
         self.metrics.oldest_open_age.set(max(age, 0.0))
 
-    async def refresh_planner_stats(self) -> bool:
-        """ANALYZE ``commands`` when the planner's open-command estimates are far behind.
-
-        At most once a minute across replicas (PostgreSQL records when it last ran);
-        about 0.2 s for a million rows, as it reads a sample. Return whether it ran.
-        """
-        if not self._may_analyze:
-            return False
-        rows = await self.store.fetch("planner_stats_stale")
-        if not rows or not rows[0]["stale"]:
-            return False
-        started = time.monotonic()
-        try:
-            await self.store.execute("analyze_commands")
-        except asyncpg.InsufficientPrivilegeError:
-            self._may_analyze = False
-            log.warning("cannot ANALYZE commands (not its owner); after quiet spells, push "
-                        "claims may be slow until autovacuum analyzes the table")
-            return False
-        log.info("refreshed the planner's statistics of commands",
-                 extra={"took_s": round(time.monotonic() - started, 3)})
-        return True
-
     async def tick(self) -> None:
         """One pass of every duty."""
-        await self.refresh_planner_stats()
         await self.expire()
         await self.settle_held()
         if time.monotonic() - self._last_repair > 10:

@@ -1,6 +1,12 @@
 -- Every SQL statement of the dispatcher, as named blocks ("-- name: x").
 -- Each transition is one guarded statement: it cannot move a terminal command, and it
 -- writes its mdm.commands.status event into status_outbox in the same statement.
+--
+-- Index keys: a clause such as "seq > 0" or "pushes >= 0" is always true; it names the
+-- partial index the statement is meant to use (migrations/002_index_keys.sql). A partial
+-- index can serve only the statements that repeat its key, so a stale picture of the
+-- table (every index "empty" after a mass expiry) cannot send a statement to the wrong
+-- one. Keep each key with its statement; test_plans.py asserts the plans.
 
 -- name: upsert_devices
 -- Newer registry state wins; an older event (by updatedAt) changes nothing.
@@ -22,7 +28,7 @@ UPDATE commands c SET next_push_at = now()
 FROM (SELECT h.id FROM unnest($1::text[]) AS d(aos_device)
       CROSS JOIN LATERAL (
           SELECT o.id FROM commands o
-          WHERE o.aos_device = d.aos_device AND o.status = 'PENDING'
+          WHERE o.aos_device = d.aos_device AND o.status = 'PENDING' AND o.pushes >= 0
             AND o.next_push_at IS NULL AND o.sent_at IS NULL AND o.expires_at > now()
           ORDER BY o.created_at, o.seq LIMIT 1) h) head
 WHERE c.id = head.id
@@ -35,7 +41,7 @@ UPDATE commands c SET next_push_at = now()
 FROM (SELECT DISTINCT ON (p.aos_device) p.id FROM commands p
       JOIN devices d ON d.aos_device = p.aos_device
       WHERE p.status = 'PENDING' AND p.next_push_at IS NULL AND p.sent_at IS NULL
-        AND p.expires_at > now() AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
+        AND p.duration_s >= 0 AND p.expires_at > now() AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'
       ORDER BY p.aos_device, p.created_at, p.seq) head
 WHERE c.id = head.id
 RETURNING c.id;
@@ -43,7 +49,7 @@ RETURNING c.id;
 -- name: cancel_disenrolled
 WITH target AS (
     SELECT id, status AS previous FROM commands
-    WHERE aos_device = ANY($1::text[]) AND status IN ('PENDING', 'RECEIVED')
+    WHERE aos_device = ANY($1::text[]) AND status IN ('PENDING', 'RECEIVED') AND pushes >= 0
     ORDER BY id FOR UPDATE
 ), moved AS (
     UPDATE commands c
@@ -180,14 +186,16 @@ RETURNING kind, command_id, payload, source, seq;
 -- Open commands past their deadline become EXPIRED; SKIP LOCKED lets replicas share it.
 WITH due AS (
     SELECT id, status AS previous FROM commands
-    WHERE status IN ('PENDING', 'RECEIVED') AND expires_at <= now()
+    WHERE status IN ('PENDING', 'RECEIVED') AND seq > 0 AND expires_at <= now()
     ORDER BY expires_at LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     UPDATE commands c
     SET status = 'EXPIRED', updated_at = now(), finished_at = now(), secret = NULL,
         next_push_at = NULL, push_lease_until = NULL
-    FROM due d WHERE c.id = d.id AND c.status IN ('PENDING', 'RECEIVED')
+    FROM due d
+    WHERE c.id = ANY (ARRAY(SELECT id FROM due)) AND c.id = d.id
+      AND c.status IN ('PENDING', 'RECEIVED')
     RETURNING c.*, d.previous
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
@@ -206,8 +214,8 @@ SELECT id, aos_device, command, status, previous, created_at FROM moved;
 -- whether more may be due.
 WITH due AS (
     SELECT c.id FROM commands c
-    WHERE c.status = 'PENDING' AND c.next_push_at IS NOT NULL AND c.next_push_at <= now()
-      AND c.expires_at > now()
+    WHERE c.status = 'PENDING' AND c.next_push_at IS NOT NULL AND c.push_attempts >= 0
+      AND c.next_push_at <= now() AND c.expires_at > now()
     ORDER BY c.next_push_at LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), candidates AS MATERIALIZED (
@@ -215,7 +223,8 @@ WITH due AS (
            CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
            NOT EXISTS (
                SELECT 1 FROM commands o
-               WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.id <> c.id
+               WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.pushes >= 0
+                 AND o.id <> c.id
                  AND ((o.sent_at IS NULL AND c.sent_at IS NULL
                        AND (o.created_at, o.seq) < (c.created_at, c.seq))
                       OR o.push_lease_until > now())
@@ -264,7 +273,7 @@ UPDATE commands c SET next_push_at = now()
 WHERE c.id = (
     SELECT o.id FROM commands o
     WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
-      AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
+      AND o.status = 'PENDING' AND o.pushes >= 0 AND o.next_push_at IS NULL AND o.sent_at IS NULL
       AND o.expires_at > now() AND o.id <> $1
     ORDER BY o.created_at, o.seq LIMIT 1)
 RETURNING c.id AS woken;
@@ -291,7 +300,7 @@ WITH input AS (
     SELECT h.id FROM (SELECT DISTINCT aos_device FROM done) d
     CROSS JOIN LATERAL (
         SELECT o.id FROM commands o
-        WHERE o.aos_device = d.aos_device
+        WHERE o.aos_device = d.aos_device AND o.pushes >= 0
           AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
           AND o.expires_at > now() AND o.id NOT IN (SELECT id FROM done)
         ORDER BY o.created_at, o.seq LIMIT 1
@@ -311,8 +320,9 @@ WHERE id = $1 AND status = 'PENDING';
 -- The provider answers again after an outage: pushes backing off from it go now rather
 -- than at the end of their (possibly long) backoff.
 UPDATE commands SET next_push_at = now()
-WHERE status = 'PENDING' AND next_push_at > now() AND push_lease_until IS NULL
-  AND sent_at IS NULL AND push_attempts > 0;
+WHERE status = 'PENDING' AND next_push_at IS NOT NULL AND push_attempts >= 0
+  AND next_push_at > now() AND push_lease_until IS NULL AND sent_at IS NULL
+  AND push_attempts > 0;
 
 -- name: push_rejected
 -- A permanent rejection ends the command in ERROR and lets the device's next command go.
@@ -331,7 +341,8 @@ WITH moved AS (
     WHERE c.id = (
         SELECT o.id FROM commands o
         WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
-          AND o.status = 'PENDING' AND o.next_push_at IS NULL AND o.sent_at IS NULL
+          AND o.status = 'PENDING' AND o.pushes >= 0
+          AND o.next_push_at IS NULL AND o.sent_at IS NULL
           AND o.expires_at > now() AND o.id <> $1
         ORDER BY o.created_at, o.seq LIMIT 1)
     RETURNING c.id
@@ -353,7 +364,7 @@ DELETE FROM status_outbox WHERE seq = ANY($1::bigint[]);
 
 -- name: open_gauges
 SELECT status, count(*) AS n, min(created_at) AS oldest FROM commands
-WHERE status IN ('PENDING', 'RECEIVED') GROUP BY status;
+WHERE status IN ('PENDING', 'RECEIVED') AND seq > 0 GROUP BY status;
 
 -- name: get_command
 SELECT * FROM commands WHERE id = $1;
@@ -372,19 +383,3 @@ WHERE aos_device = $1
   AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text))
 ORDER BY created_at DESC, id DESC
 LIMIT $7;
-
--- name: planner_stats_stale
--- Whether the planner's picture of the open commands is far behind: more rows changed
--- since the last ANALYZE than twice the open commands it believes in. After a quiet
--- spell (every command finished, a vacuum counted the open-command indexes as empty) a
--- burst would otherwise be planned as if those indexes were empty, and each push claim
--- would read every open command (measured: 650 ms instead of 1 ms with 50,000 open),
--- until autovacuum's ANALYZE, which on a large table waits for 10% of it to change.
-SELECT coalesce(s.n_mod_since_analyze > 2 * greatest(i.reltuples, 0) + 10000
-                AND coalesce(greatest(s.last_analyze, s.last_autoanalyze), 'epoch')
-                    < now() - interval '60 seconds', false) AS stale
-FROM pg_class i LEFT JOIN pg_stat_user_tables s ON s.relid = 'commands'::regclass
-WHERE i.oid = 'commands_open_expires'::regclass;
-
--- name: analyze_commands
-ANALYZE commands;

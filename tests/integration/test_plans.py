@@ -1,0 +1,151 @@
+"""The hot statements' plans do not depend on fresh statistics (the 30-second push stall).
+
+The state the benchmark left before it measured a LOCK waiting 30 s: tens of thousands
+of commands expired at once by the timer's own statement, then VACUUM ANALYZE (so the
+planner believes nothing is open and every partial index is empty), then a burst:
+commands parked for devices without a token, commands due for a push, overdue ones.
+Each hot statement is run under EXPLAIN ANALYZE in a rolled-back transaction, once with
+those stale statistics and once after a fresh ANALYZE. A user would notice any scan of
+the whole table or of every open command as a stall, so each plan must read
+``commands`` only through the statement's own index (``migrations/002_index_keys.sql``)
+or the primary key, never by a sequential scan, and each probe must stop within its
+LIMIT instead of reading every open command. Then a new command is pushed promptly by
+the running service in the same state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dispatcher.app import Runtime
+from dispatcher.config import Settings
+from dispatcher.fakepushy import FakePushy
+from dispatcher.store import QUERIES, SERVER_SETTINGS
+from tests.helpers import Kafka, command_event, device_event, hex24, until
+
+EXPIRED = 30_000
+PARKED = 3_000
+DUE = 300
+OVERDUE = 2_000
+PROBE_MAX_ROWS = 100  # rows an ordered, limited probe may read; the open set is 5,300
+
+BULK = """
+INSERT INTO commands (id, organization, aos_enterprise, aos_device, command, params, status,
+                      duration_s, expires_at, created_at, updated_at, next_push_at)
+SELECT substr(md5(g::text || $2), 1, 24), 'org-plans', 'ent',
+       substr(md5((g % $3)::text || $2 || 'dev'), 1, 24), 'LOCK', '{}'::jsonb, 'PENDING',
+       600, now() + $4 * interval '1 second', now() - interval '1 hour',
+       now() - interval '1 hour', CASE WHEN $5 THEN now() END
+FROM generate_series(1, $1) g
+"""
+
+# statement -> (arguments, indexes of commands it may read, whether it is a bounded probe)
+HOT: dict[str, tuple[tuple[Any, ...], set[str], bool]] = {
+    "claim_pushes": ((64, 30.0), {"commands_push_due", "commands_device_open"}, True),
+    "expire_due": ((5000,), {"commands_open_expires"}, False),
+    "wake_devices": ((["DEVICE"],), {"commands_device_open"}, True),
+    "push_accepted": (("SOME", "p-1", None, 0.0, 1), {"commands_device_open"}, True),
+    "push_accepted_many": ((["SOME"], ["p-1"], [None], 0.0, 1),
+                           {"commands_device_open"}, True),
+    "push_rejected": (("SOME", "PUSH_REJECTED", "x"), {"commands_device_open"}, True),
+    "push_retry": (("SOME", 1.0), set(), True),
+    "push_recovered": ((), {"commands_push_due"}, False),
+    "cancel_commands": ((["SOME"],), set(), True),
+    "cancel_disenrolled": ((["DEVICE"],), {"commands_device_open"}, True),
+    "wake_parked": ((), {"commands_parked"}, False),
+    "open_gauges": ((), {"commands_open_expires"}, False),
+}
+
+
+def scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every plan node reading ``commands`` (index names come from the index scans)."""
+    if node.get("Relation Name") == "commands" or node.get("Node Type") == "Bitmap Index Scan":
+        yield node
+    for child in node.get("Plans", []):
+        yield from scans(child)
+
+
+@pytest.fixture(scope="module")
+async def bench_state(db: asyncpg.Pool) -> dict[str, str]:
+    """The benchmark's state after its mass expiry, vacuumed, then a burst (stale stats)."""
+    async with db.acquire() as conn:
+        await conn.execute("ALTER TABLE commands SET (autovacuum_enabled = off)")
+        await conn.execute(BULK, EXPIRED, "expired", EXPIRED, -60, False)
+        while await conn.fetch(QUERIES["expire_due"], 5000):
+            pass
+        await conn.execute("DELETE FROM status_outbox")
+        await conn.execute("VACUUM ANALYZE commands")
+        await conn.execute(BULK, PARKED, "parked", PARKED // 3, 600, False)
+        await conn.execute(BULK, DUE, "due", DUE, 600, True)
+        await conn.execute(BULK, OVERDUE, "overdue", OVERDUE, -60, False)
+        await conn.execute("""INSERT INTO devices SELECT aos_device, 'org-plans', 'ent', NULL,
+                                  'tok-' || aos_device, 'ACTIVE', now()
+                              FROM commands WHERE next_push_at IS NOT NULL""")
+        some = await conn.fetchval("SELECT id FROM commands WHERE next_push_at IS NOT NULL "
+                                   "ORDER BY id LIMIT 1")
+        device = await conn.fetchval("SELECT aos_device FROM commands WHERE id = $1", some)
+        open_index = await conn.fetchval(
+            "SELECT reltuples FROM pg_class WHERE relname = 'commands_open_expires'")
+    assert open_index == 0, "the state must leave the planner believing nothing is open"
+    return {"SOME": some, "DEVICE": device}
+
+
+async def plan_of(conn: asyncpg.Connection, name: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[name]}", *args)
+    finally:
+        await tr.rollback()
+    plan: dict[str, Any] = json.loads(raw)[0]["Plan"]
+    return plan
+
+
+@pytest.mark.parametrize("statistics", ["stale", "fresh"])
+async def test_hot_statements_read_only_their_own_index_within_their_limit(
+        settings: Settings, bench_state: dict[str, str], statistics: str) -> None:
+    # a session as the dispatcher opens them
+    conn = await asyncpg.connect(settings.database_url, server_settings=SERVER_SETTINGS)
+    try:
+        if statistics == "fresh":
+            await conn.execute("ANALYZE commands")
+        problems = []
+        for name, (template, allowed, probe) in HOT.items():
+            args = tuple(_fill(a, bench_state) for a in template)
+            for node in scans(await plan_of(conn, name, args)):
+                kind, index = node["Node Type"], node.get("Index Name")
+                read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+                if kind == "Seq Scan":
+                    problems.append(f"{name}: a sequential scan of commands")
+                elif index is not None and index not in allowed | {"commands_pkey"}:
+                    problems.append(f"{name}: reads {index}")
+                elif probe and index != "commands_pkey" and read > PROBE_MAX_ROWS:
+                    problems.append(f"{name}: {kind} on {index} read {read} rows per loop")
+    finally:
+        await conn.close()
+    assert not problems, f"{statistics} statistics: " + "; ".join(problems)
+
+
+def _fill(value: Any, state: dict[str, str]) -> Any:
+    if isinstance(value, list):
+        return [_fill(v, state) for v in value]
+    return state.get(value, value) if isinstance(value, str) else value
+
+
+async def test_a_new_command_is_pushed_promptly_in_that_state(
+        bench_state: dict[str, str], service: Runtime, kafka: Kafka,
+        pushy: FakePushy) -> None:
+    device = hex24()
+    await kafka.send("devices", device_event(device))
+    lock = command_event(device, command="LOCK")
+    await kafka.send("commands.created", lock)
+
+    async def pushed() -> bool:
+        return any(r.data.get("commandId") == lock["id"] for r in pushy.accepted)
+
+    await until(pushed, timeout=15, what="the LOCK's push")

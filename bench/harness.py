@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import statistics
@@ -68,6 +69,21 @@ class Result:
         return {"name": self.name, "value": self.value, "unit": self.unit,
                 "target": self.target, "kind": self.kind, "ratio": self.ratio,
                 "ok": self.ok, "note": self.note}
+
+
+STORED_P99 = re.compile(r"^latency p99 @ 1000/s, ([0-9,]+) stored$")
+
+
+def latency_growth(results: list[Result]) -> list[Result]:
+    """Each stored point's p99 against the 0-stored one: history must not slow a push
+    (target: within 2x; a mass expiry once made it 30 s)."""
+    points = {int(m.group(1).replace(",", "")): r.value
+              for r in results if (m := STORED_P99.match(r.name))}
+    base = points.get(0)
+    if not base:
+        return []
+    return [Result(f"p99 with {stored:,} stored / with 0", value / base, "ratio", 2.0, "max")
+            for stored, value in sorted(points.items()) if stored]
 
 
 def hexid(i: int, salt: str) -> str:
@@ -479,7 +495,7 @@ class Harness:
         top = next(r.value for r in results if r.name == f"ingest with {overdue + big:,} stored")
         results.append(Result("ingest slowdown 0 -> max stored", 1 - top / base, "fraction",
                               0.2, "max"))
-        return results
+        return results + latency_growth(results)
 
     async def growth_point(self, stored: int, n: int, dsn: str | None) -> list[Result]:
         fresh_dsn, prefix = await self.fresh("growth")

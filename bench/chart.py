@@ -64,10 +64,9 @@ def _rates(ax: Axes, results: list[Result]) -> None:
     for i, r in enumerate(rows):
         if r.target:
             ax.plot([r.target], [i], marker="|", markersize=18, color="black")
-        for limit_name in _LIMITS.get(r.name, ()):
-            if limit_name in by_name:
-                ax.plot([by_name[limit_name].value * 0.5], [i], marker="|", markersize=18,
-                        color="tab:purple")
+        limits = [by_name[n].value for n in _LIMITS.get(r.name, ()) if n in by_name]
+        if limits:
+            ax.plot([min(limits) * 0.5], [i], marker="|", markersize=18, color="tab:purple")
     ax.set_xscale("log")
     ax.set_xlabel("per second (black: target; purple: half the lower raw limit; gray bars: "
                   "raw limits)")
@@ -77,10 +76,10 @@ def _rates(ax: Axes, results: list[Result]) -> None:
 
 def _scores(ax: Axes, results: list[Result]) -> None:
     rows = [r for r in results if r.target]
-    # for "at most" targets, plot target/value so that > 1 is always good
+    # for "at most" targets, plot target/value so that > 1 is always good (capped at 100)
     ax.barh([r.name for r in rows],
-            [r.value / r.target if r.kind == "min" else r.target / max(r.value, 1e-9)
-             for r in rows if r.target],
+            [min(r.value / r.target if r.kind == "min"
+                 else r.target / max(r.value, r.target / 100), 100.0) for r in rows if r.target],
             color=["tab:green" if r.ok else "tab:red" for r in rows])
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
     ax.set_xscale("log")

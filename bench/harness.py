@@ -526,7 +526,7 @@ class Harness:
             await self.stop(svc)
         rate = await self.rate_from_rows(dsn, "aos_device = ANY($1::text[])", devs)
         lat = await self.latency(1000, 5, f"1000/s, {stored:,} stored", (dsn, prefix + "l."))
-        return [Result(f"ingest with {stored:,} stored", rate, "cmd/s"), lat[-1]]
+        return [Result(f"ingest with {stored:,} stored", rate, "cmd/s"), *lat]
 
     async def relay_rate(self, dsn: str, events: int) -> Result:
         """A dispatcher publishes the status events the expiry wrote; events/s."""

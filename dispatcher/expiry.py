@@ -5,7 +5,9 @@ EXPIRED in batches (``FOR UPDATE SKIP LOCKED``: replicas share the work and each
 command expires once), applies held acks/cancels whose command has arrived, and
 dead-letters those whose command never came within ``DISPATCHER_HOLD_WINDOW_S``.
 (No statistics upkeep: the hot statements' plans do not depend on the planner's
-statistics, see "Index keys" in ``store/queries.sql``.)
+statistics, see "Index keys" in ``store/queries.sql``.) Every 10 s it refreshes the
+gauges read from PostgreSQL: open commands by status, the oldest open command, and the
+status outbox's backlog and oldest event.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 EXPIRE_BATCH = 5000
 EXPIRE_WORKERS = 2
 HELD_BATCH = 1000
+OUTBOX_COUNT_CAP = 100_000
+"""The outbox backlog gauge counts at most this many events (a bounded scan)."""
 
 
 class Timer:
@@ -117,6 +121,15 @@ class Timer:
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
         self.metrics.oldest_open_age.set(max(age, 0.0))
 
+    async def outbox_gauges(self) -> None:
+        """The status outbox's backlog and the age of its oldest event.
+
+        Read from PostgreSQL, so it shows events the relay cannot get out (the broker
+        away, the relay failing) whichever replica's relay is stuck.
+        """
+        rows = await self.store.fetch("outbox_gauges", OUTBOX_COUNT_CAP)
+        self.metrics.outbox(rows[0]["n"], rows[0]["oldest_age_s"])
+
     async def tick(self) -> None:
         """One pass of every duty."""
         await self.expire()
@@ -128,6 +141,7 @@ class Timer:
                 fx.wake_push = True
                 self.on_effects(fx)
             await self.gauges()
+            await self.outbox_gauges()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every interval until ``stop``; back off while a dependency is down."""

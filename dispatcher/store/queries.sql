@@ -383,3 +383,11 @@ WHERE aos_device = $1
   AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text))
 ORDER BY created_at DESC, id DESC
 LIMIT $7;
+
+-- name: outbox_gauges
+-- The status outbox for the gauges: its backlog, counted up to $1 rows (a bounded scan,
+-- however far the relay is behind), and the age of its oldest event (the first entry of
+-- the primary key), by the database's clock; 0 when it is empty.
+SELECT (SELECT count(*) FROM (SELECT 1 FROM status_outbox LIMIT $1) AS capped) AS n,
+       coalesce((SELECT extract(epoch FROM clock_timestamp() - created_at)::float8
+                 FROM status_outbox ORDER BY seq LIMIT 1), 0) AS oldest_age_s;

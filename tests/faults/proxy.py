@@ -17,10 +17,13 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
+
+from dispatcher.devstack import EmbeddedKafka, free_port
 
 MODES = ("pass", "refuse", "stall", "slow")
 _CHUNK = 64 * 1024
@@ -164,3 +167,22 @@ class Proxy:
             for task in conn.tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def proxied_broker(log_path: Path) -> AsyncIterator[tuple[EmbeddedKafka, Proxy]]:
+    """A broker of its own behind a proxy it advertises, so every Kafka connection goes
+    through the proxy; this process's own clients are exempt from its faults.
+
+    Services bootstrap from ``127.0.0.1:{proxy.port}``; the test's clients may use
+    ``broker.bootstrap``. ``proxy.set_mode("refuse"); proxy.cut()`` cuts the broker.
+    """
+    broker_port = free_port()
+    proxy = Proxy(broker_port, exempt=own_process_peers())
+    broker = EmbeddedKafka(broker_port, log_path, advertised=f"127.0.0.1:{await proxy.start()}")
+    try:
+        await asyncio.to_thread(broker.start)  # the proxy answers its readiness probe meanwhile
+        yield broker, proxy
+    finally:
+        await proxy.stop()
+        await asyncio.to_thread(broker.stop)

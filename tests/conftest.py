@@ -132,10 +132,17 @@ async def wait_stopped() -> AsyncIterator[list[asyncio.Task[object]]]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Show what the fault, crash and replica tests measured."""
+    """Show what the fault, crash and replica tests measured, and loudly what was skipped
+    for want of Prometheus."""
     from tests.helpers import FIGURES
+    from tests.promserver import missing_summary
 
     if FIGURES:
         terminalreporter.section("figures")
         for text in FIGURES:
             terminalreporter.write_line(text)
+    missing = missing_summary()
+    if missing:
+        terminalreporter.section("PROMETHEUS TESTS SKIPPED", sep="!", red=True, bold=True)
+        for line in missing:
+            terminalreporter.write_line(line, red=True, bold=True)

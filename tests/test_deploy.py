@@ -214,9 +214,14 @@ def test_prometheus_scrapes_every_replica_and_loads_the_alerts() -> None:
     targets = {t for static in job["static_configs"] for t in static["targets"]}
     port = Settings().http_port
     assert targets == {f"{name}:{port}" for name in _compose_dispatchers(compose, "run")}
-    mounts = compose["services"]["prometheus"]["volumes"]
-    assert any(m.startswith("./prometheus/alerts.yml:") and
-               m.split(":")[1] in config["rule_files"] for m in mounts)
+    prometheus = compose["services"]["prometheus"]
+    (config_file,) = [a.split("=", 1)[1] for a in prometheus["command"]
+                      if a.startswith("--config.file=")]
+    config_dir = PurePosixPath(config_file).parent  # rule_files are relative to it
+    rule_files = {str(config_dir / name) for name in config["rule_files"]}
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in prometheus["volumes"]}
+    assert mounts["./prometheus/prometheus.yml"] == config_file
+    assert mounts["./prometheus/alerts.yml"] in rule_files
 
 
 # --- files parse ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dispatcher.consumer import BatchProcessor, StreamConsumer
 from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
 from dispatcher.expiry import Timer
-from dispatcher.kafka import Producer, ensure_topics
+from dispatcher.kafka import INPUTS, Producer, ensure_topics
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
@@ -104,6 +104,7 @@ def build_loops(rt: Runtime, provider: Provider) -> list[Any]:
     s = rt.settings
     assert rt.store is not None
     assert rt.producer is not None
+    rt.metrics.zero([s.topic(name) for name in INPUTS], provider.name)
     rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics)
     rt.pusher = Pusher(s, rt.store, provider, rt.metrics, rt.box)
     rt.pusher.outbox_wake = rt.relay.wake

@@ -20,6 +20,19 @@ from prometheus_client import (
     generate_latest,
 )
 
+from dispatcher.lifecycle import CommandType, Status
+
+DEAD_LETTER_REASONS = (
+    "empty", "invalid_json", "too_deep", "duplicate_key", "too_large", "validation",
+    "unknown_command", "unknown_status", "device_mismatch", "store_rejected", "parse_failed",
+)
+"""Every ``reason`` of a dead letter (the contract extensions in the README)."""
+PUSH_OUTCOMES = (
+    "accepted", "rejected", "timeout", "connection_error", "rate_limited", "auth_error",
+    "server_error",
+)
+"""Every ``outcome`` of a push request."""
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _COMPLETION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
 
@@ -109,6 +122,23 @@ class Metrics:
         )
         self.build = Info("dispatcher_build", "Version of the running dispatcher", registry=r)
         self.build.info({"version": _version()})
+
+    def zero(self, input_topics: Iterable[str], provider: str) -> None:
+        """Create, at 0, the counter series the dashboard and the alerts take increases of.
+
+        A labelled counter appears at its first increment, so Prometheus would first see
+        it at 1 or more and ``increase()``/``rate()`` would count nothing for it: the first
+        dead letter of a reason, or the first ERROR of a command type, would never show.
+        Every label set here is bounded (topics x reasons, outcomes, types x statuses).
+        """
+        for topic in input_topics:
+            for reason in DEAD_LETTER_REASONS:
+                self.dead_letters.labels(topic, reason)
+        for outcome in PUSH_OUTCOMES:
+            self.push_requests.labels(provider, outcome)
+        for command in CommandType:
+            for status in Status:
+                self.command_status.labels(command.value, status.value)
 
     def readiness(self, checks: Mapping[str, bool]) -> None:
         """Record the result of a readiness check: one ``dependency_up`` series per check."""

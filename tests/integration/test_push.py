@@ -129,7 +129,7 @@ async def push_outcomes(rt: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for m in re.finditer(r'^dispatcher_push_requests_total\{([^}]*)\} (\S+)$', text, re.M):
         outcome = re.search(r'outcome="([^"]*)"', m.group(1))
-        if outcome:
+        if outcome and float(m.group(2)):  # every outcome is exported, at 0 until it happens
             out[outcome.group(1)] = float(m.group(2))
     return out
 

@@ -34,6 +34,7 @@ PUSH_OUTCOMES = (
 """Every ``outcome`` of a push request."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_FIRST_PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 3600)
 _COMPLETION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
 
 
@@ -69,6 +70,11 @@ class Metrics:
         self.completion = Histogram(
             "dispatcher_command_completion_seconds", "Time from createdAt to a terminal status",
             ["command", "status"], buckets=_COMPLETION_BUCKETS, registry=r,
+        )
+        self.first_push = Histogram(
+            "dispatcher_command_first_push_seconds",
+            "Time from createdAt to the provider accepting the command's first push",
+            ["provider"], buckets=_FIRST_PUSH_BUCKETS, registry=r,
         )
         self.consumer_lag = Gauge(
             "dispatcher_consumer_lag", "Records behind the end of each partition",
@@ -155,6 +161,12 @@ class Metrics:
         """Record the status outbox: events waiting and the age of the oldest."""
         self.outbox_backlog.set(backlog)
         self.outbox_oldest_age.set(max(oldest_age_s, 0.0))
+
+    def pushed(self, provider: str, created_at: datetime, first: bool) -> None:
+        """Record a push the provider accepted: created -> pushed, for a command's first."""
+        if first:
+            age = (datetime.now(UTC) - created_at).total_seconds()
+            self.first_push.labels(provider).observe(max(age, 0.0))
 
     def transitions(self, rows: Iterable[Any], now: datetime | None = None) -> None:
         """Count transitions given rows with ``command``, ``status`` and ``created_at``."""

@@ -437,6 +437,7 @@ class Pusher:
             await self._record_failure(row, exc)
             return
         self._observe(started, "accepted")
+        self.metrics.pushed(self.provider.name, row["created_at"], first=not row["pushes"])
         log.debug("push accepted", extra={
             "command_id": row["id"], "device_id": row["aos_device"],
             "organization": row["organization"], "push_id": push_id})

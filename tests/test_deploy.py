@@ -168,6 +168,7 @@ def test_dashboard_answers_the_operators_questions() -> None:
         "dispatcher_push_inflight", "dispatcher_consumer_lag", "dispatcher_dead_letters_total",
         "dispatcher_dependency_up", "up", "dispatcher_status_outbox_backlog",
         "dispatcher_db_pool_connections", "dispatcher_events_consumed_total",
+        "dispatcher_command_first_push_seconds", "ALERTS",
     }
     assert wanted <= used, f"dashboard lacks {wanted - used}"
     quantiles = {q for _, expr in dashboard_queries()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dispatcher
@@ -45,3 +46,15 @@ def test_zero_creates_every_counter_series_at_zero() -> None:
         for status in Status:
             assert get("dispatcher_command_status_total",
                        {"command": command.value, "status": status.value}) == 0
+
+
+def test_pushed_observes_created_to_first_push_only() -> None:
+    metrics = Metrics()
+    created = datetime.now(UTC) - timedelta(seconds=2)
+    metrics.pushed("pushy", created, first=True)
+    metrics.pushed("pushy", created, first=False)  # a re-push
+    get = metrics.registry.get_sample_value
+    assert get("dispatcher_command_first_push_seconds_count", {"provider": "pushy"}) == 1
+    total = get("dispatcher_command_first_push_seconds_sum", {"provider": "pushy"})
+    assert total is not None
+    assert 2 <= total < 10

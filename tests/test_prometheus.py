@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.promserver import DEPLOY, RULES, promtool
+from tests.promserver import DEPLOY, RULES, dashboard, interpolate, promtool, targets
 
 CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
@@ -53,3 +53,23 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
             (fired if case["exp_alerts"] else quiet).add(case["alertname"])
     assert fired == _alerts(), f"alerts never fired by a unit test: {_alerts() - fired}"
     assert quiet == _alerts(), f"alerts never checked quiet: {_alerts() - quiet}"
+
+
+def test_grafana_substitution_of_the_dashboard_variables() -> None:
+    expr = ('sum(rate(x{instance=~"$instance"}[$__rate_interval])) '
+            'and y[${__interval}] offset $__range and z{a=~"[[instance]]"}')
+    two = {"instance": ["10.0.0.1:8080", "host-2:8080"]}
+    out = interpolate(expr, two, interval_s=2, scrape_interval_s=15, range_s=3600)
+    # max($__interval + scrape interval, 4 x scrape interval); All -> (v1|v2), regex-escaped
+    assert out == ('sum(rate(x{instance=~"(10\\\\.0\\\\.0\\\\.1:8080|host-2:8080)"}[60s])) '
+                   'and y[2s] offset 3600s and z{a=~"(10\\\\.0\\\\.0\\\\.1:8080|host-2:8080)"}')
+    one = interpolate('x{i=~"$instance"}[$__rate_interval]', {"instance": ["a.b"]},
+                      interval_s=30, scrape_interval_s=1, range_s=60)
+    assert one == 'x{i=~"a\\\\.b"}[31s]'
+
+
+def test_every_dashboard_query_is_found() -> None:
+    found = targets(dashboard())
+    assert len(found) == len({t.where for t in found})
+    assert any(t.instant for t in found)
+    assert any(t.where.startswith("annotation") for t in found)

@@ -63,7 +63,7 @@ pytestmark = pytest.mark.acceptance
 
 GOOD = 45  # devices with a push token, answered by the gateway
 SILENT = 1200  # devices without one: their commands wait, then expire during the cut
-EXPIRING_IN_CUT_S = 8  # validity of the SILENT commands: stored and announced before the cut
+EXPIRING_IN_CUT_S = 10  # validity of the SILENT commands: stored and announced before the cut
 ALERTS_LIVE = {
     "DispatcherDeadLetters", "DispatcherPushProviderFailing", "DispatcherPushErrorRateHigh",
     "DispatcherCommandsStuck", "DispatcherExpiryRateHigh", "DispatcherNotReady",
@@ -259,6 +259,9 @@ async def broker_cut(stack: Stack, silent: list[str]) -> dict[str, str]:
             await stack.db.fetchval("SELECT count(*) FROM status_outbox") == 0
 
     await until(stored_and_announced, 30, "silent commands stored and announced", stack)
+    early = await stack.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1) AND "
+                                    "status = 'EXPIRED'", [c["id"] for c in commands])
+    assert early == 0, f"{early} expired before the cut: raise EXPIRING_IN_CUT_S"
     stack.proxy.set_mode("refuse")
     stack.proxy.cut()
     stack.mark("broker cut")

@@ -154,7 +154,8 @@ async def watch(stack: Stack) -> None:
                 entry = stack.seen.setdefault(name, {"alert": alert, "states": {},
                                                      "active_at": active_at})
                 entry["states"].setdefault(state, round(time.time() - stack.started, 1))
-                entry["active_at"] = max(entry["active_at"], active_at)
+                if active_at >= entry["active_at"]:  # the latest activation's labels
+                    entry["alert"], entry["active_at"] = alert, active_at
         await asyncio.sleep(1)
 
 
@@ -461,6 +462,14 @@ async def test_dashboard_and_alerts_on_a_real_prometheus(stack: Stack) -> None:
         assert annotations["description"], name
         assert "{{" not in annotations["summary"] + annotations["description"], name
     assert "firing" in stack.seen["DispatcherDeadLetters"]["states"]
+    labels = {name: entry["alert"]["labels"] for name, entry in stack.seen.items()}
+    assert labels["DispatcherNotReady"]["dependency"] == "kafka"
+    assert labels["DispatcherPushProviderFailing"]["dependency"] == "push_provider"
+    assert labels["DispatcherDeadLetters"]["reason"] in {"invalid_json", "unknown_command"}
+    assert labels["DispatcherReplicaDown"]["instance"] in stack.prometheus.targets
+    assert labels["DispatcherReplicaDown"]["instance"] in \
+        stack.seen["DispatcherReplicaDown"]["alert"]["annotations"]["summary"]
+    assert {labels[a]["severity"] for a in ALERTS_LIVE} <= {"critical", "warning"}
     states = {name: entry["states"] for name, entry in sorted(stack.seen.items())}
     report(f"\n[prometheus live] {time.time() - stack.started:.0f}s, {len(results)} dashboard "
            f"queries answered; phases {stack.marks}; alerts (state: first seen, s) {states}; "

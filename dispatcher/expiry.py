@@ -27,7 +27,7 @@ from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
-from dispatcher.store import QUERIES, Store
+from dispatcher.store import Store, walk
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Timer:
         """Apply held events whose command exists; dead-letter the overdue ones."""
         fx = Effects()
         async with self.store.transaction() as conn:
-            rows = await conn.fetch(QUERIES["take_held_ready"], HELD_BATCH)
+            rows = await walk(conn, "take_held_ready", HELD_BATCH)
             await ingest.replay_held(conn, sorted(rows, key=lambda r: r["seq"]), fx)
         # A replayed ack can still be rejected (e.g. another device's): dead-letter it.
         await self.processor.publish_dead_letters(fx)
@@ -91,8 +91,8 @@ class Timer:
         # dead letters, the delete rolls back and the next pass tries again.
         late = Effects()
         async with self.store.transaction() as conn:
-            rows = await conn.fetch(
-                QUERIES["take_held_overdue"], self.settings.hold_window_s, HELD_BATCH)
+            rows = await walk(conn, "take_held_overdue", self.settings.hold_window_s,
+                              HELD_BATCH)
             for row in rows:
                 source = Source.from_json(row["source"])
                 late.dead.append((source, deadletter.build(

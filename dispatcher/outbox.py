@@ -17,7 +17,7 @@ from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
 from dispatcher.kafka import Producer
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
-from dispatcher.store import QUERIES, Store
+from dispatcher.store import QUERIES, Store, walk
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Send and delete one batch; return how many events went out."""
         async with self.store.transaction() as conn:
-            rows = await conn.fetch(QUERIES["take_outbox"], self.batch)
+            rows = await walk(conn, "take_outbox", self.batch)
             if not rows:
                 return 0
             await self.producer.send_all(

@@ -40,9 +40,31 @@ _LOCK_KEY = 0x646973706174  # "dispat"
 
 
 SERVER_SETTINGS = {"application_name": "dispatcher"}
-"""Session settings of the dispatcher's connections: no planner switches. The hot
-statements name their partial index (``queries.sql``, "Index keys"), so their plans do
-not depend on the planner's statistics being fresh."""
+"""Session settings of the dispatcher's connections: no planner switches (API reads and
+everything else plan freely). The hot statements name their partial index
+(``queries.sql``, "Index keys") and the ordered walks among them scope their overrides to
+their own transaction (:data:`ORDERED_WALK`), so no plan depends on fresh statistics."""
+
+
+ORDERED_WALK = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off"
+"""Planner overrides for :data:`WALKS` only, scoped to their transaction (``SET LOCAL``).
+
+These statements walk an index in order and stop at their LIMIT. A bitmap or sequential
+scan cannot stop early: it reads every matching row and sorts them, O(backlog) per call.
+With an estimate of one row (a table never analyzed, or just vacuumed) the planner
+picks one as often as not: on a fresh table the push claim chose a Bitmap Heap Scan
+that read all 1,000 due rows to return 64 (``tests/integration/test_plans.py``). The
+index keys (``queries.sql``) choose the index; this keeps the walk a walk.
+"""
+WALKS = frozenset({"claim_pushes", "expire_due", "take_outbox", "take_held_ready",
+                   "take_held_overdue"})
+
+
+async def walk(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one of :data:`WALKS` inside the caller's transaction."""
+    await conn.execute(ORDERED_WALK)
+    rows: list[asyncpg.Record] = await conn.fetch(QUERIES[name], *args)
+    return rows
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -111,7 +133,10 @@ class Store:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        """Run a named query outside an explicit transaction."""
+        """Run a named query in a transaction of its own (:data:`WALKS` as ordered walks)."""
+        if name in WALKS:
+            async with self.transaction() as conn:
+                return await walk(conn, name, *args)
         try:
             rows: list[asyncpg.Record] = await self.pool.fetch(self.Q[name], *args)
         except _TRANSIENT as exc:

@@ -16,6 +16,7 @@ the running service in the same state.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,8 @@ import pytest
 from dispatcher.app import Runtime
 from dispatcher.config import Settings
 from dispatcher.fakepushy import FakePushy
-from dispatcher.store import QUERIES, SERVER_SETTINGS
+from dispatcher.store import ORDERED_WALK, QUERIES, SERVER_SETTINGS, WALKS, migrate
+from tests.conftest import PgServer
 from tests.helpers import Kafka, command_event, device_event, hex24, until
 
 EXPIRED = 30_000
@@ -63,8 +65,9 @@ HOT: dict[str, tuple[tuple[Any, ...], set[str], bool]] = {
 
 
 def scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every plan node reading ``commands`` (index names come from the index scans)."""
-    if node.get("Relation Name") == "commands" or node.get("Node Type") == "Bitmap Index Scan":
+    """Every plan node reading ``commands`` or the outbox (index names from index scans)."""
+    if (node.get("Relation Name") in ("commands", "status_outbox")
+            or node.get("Node Type") == "Bitmap Index Scan"):
         yield node
     for child in node.get("Plans", []):
         yield from scans(child)
@@ -99,6 +102,8 @@ async def plan_of(conn: asyncpg.Connection, name: str, args: tuple[Any, ...]) ->
     tr = conn.transaction()
     await tr.start()
     try:
+        if name in WALKS:  # as the service runs them
+            await conn.execute(ORDERED_WALK)
         raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[name]}", *args)
     finally:
         await tr.rollback()
@@ -129,6 +134,34 @@ async def test_hot_statements_read_only_their_own_index_within_their_limit(
     finally:
         await conn.close()
     assert not problems, f"{statistics} statistics: " + "; ".join(problems)
+
+
+async def test_on_a_table_never_analyzed_the_walks_stop_at_their_limit(
+        pg_server: PgServer) -> None:
+    """A new database (or one restored from a dump): no statistics at all. With an
+    estimate of one row, the planner took a bitmap scan for the claim and read every due
+    row to return 64; the walks' own overrides keep them ordered walks."""
+    dsn = await pg_server.create_database(f"t_plans_fresh_{secrets.token_hex(3)}")
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+    try:
+        await conn.execute("ALTER TABLE commands SET (autovacuum_enabled = off)")
+        await conn.execute(BULK, 2_000, "due", 2_000, 600, True)
+        await conn.execute(BULK, 2_000, "overdue", 2_000, -60, False)
+        await conn.execute("INSERT INTO status_outbox (command_id, aos_device, payload) "
+                           "SELECT id, aos_device, '{}' FROM commands")
+        problems = []
+        for name, args, limit in [("claim_pushes", (64, 30.0), 64),
+                                  ("expire_due", (100,), 100), ("take_outbox", (100,), 100)]:
+            for node in scans(await plan_of(conn, name, args)):
+                read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+                if node["Node Type"] in ("Seq Scan", "Bitmap Heap Scan", "Bitmap Index Scan"):
+                    problems.append(f"{name}: {node['Node Type']} reading {read} rows")
+                elif node.get("Index Name") != "commands_pkey" and read > 2 * limit:
+                    problems.append(f"{name}: {node.get('Index Name')} read {read} rows")
+        assert not problems, "; ".join(problems)
+    finally:
+        await conn.close()
 
 
 def _fill(value: Any, state: dict[str, str]) -> Any:

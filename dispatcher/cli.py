@@ -131,6 +131,8 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     """Publish one command-created event, keyed by the device id."""
     from aiokafka import AIOKafkaProducer
 
+    from dispatcher.kafka import client_security
+
     stack = _stack(settings)
     event = {
         "id": secrets.token_hex(12), "organization": args.org or stack.get("organization"),
@@ -141,7 +143,8 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     }
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(settings))
+        producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(settings),
+                                    **client_security(settings))
         await producer.start()
         try:
             await producer.send_and_wait(settings.topic("commands.created"),
@@ -157,9 +160,12 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> None:
     """Print status events until Ctrl-C."""
     from aiokafka import AIOKafkaConsumer
 
+    from dispatcher.kafka import client_security
+
     async def watch() -> None:
         consumer = AIOKafkaConsumer(
             settings.topic("commands.status"), bootstrap_servers=_bootstrap(settings),
+            **client_security(settings),
             auto_offset_reset="earliest" if args.from_beginning else "latest",
             enable_auto_commit=False)
         await consumer.start()

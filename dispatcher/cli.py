@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the service").set_defaults(func=cmd_run)
-    sub.add_parser("migrate", help="apply migrations/").set_defaults(func=cmd_migrate)
+    sub.add_parser("migrate", help="apply the migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("dev", help="embedded stack + simulator + service").set_defaults(func=cmd_dev)
     token = sub.add_parser("token", help="print a signed bearer token")
     token.add_argument("--org", action="append", required=True, help="organization id, or *")

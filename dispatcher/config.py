@@ -126,6 +126,11 @@ class Settings:
     kafka_sasl_password: str = _var(
         "DISPATCHER_KAFKA_SASL_PASSWORD", "", "SASL password (never logged)", secret=True
     )
+    auto_migrate: bool = _var(
+        "DISPATCHER_AUTO_MIGRATE", True,
+        "true: `run` applies migrations at start; false: it only checks they are applied "
+        "and refuses to start otherwise (its role then needs no DDL rights)",
+    )
     batch_max: int = _var("DISPATCHER_BATCH_MAX", 2000, "most records handled in one batch")
     db_pool_min: int = _var("DISPATCHER_DB_POOL_MIN", 2, "smallest database pool")
     db_pool_max: int = _var("DISPATCHER_DB_POOL_MAX", 10, "largest database pool")

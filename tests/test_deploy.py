@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -419,13 +419,16 @@ def test_dockerfile_runs_the_service_as_non_root() -> None:
     assert "DISPATCHER_HTTP_HOST=0.0.0.0" in text
 
 
-def test_dockerfile_puts_migrations_where_the_installed_package_finds_them() -> None:
-    # MIGRATIONS_DIR is the directory ``migrations`` beside the package directory.
-    beside_package = Path(dispatcher.__file__).resolve().parent.parent / "migrations"
-    assert beside_package == MIGRATIONS_DIR
+def test_dockerfile_installs_the_wheel_and_nothing_else() -> None:
     text = DOCKERFILE.read_text()
-    venv = re.search(r"python -m venv (\S+)", text)
-    assert venv
-    site = PurePosixPath(venv.group(1)) / "lib" / "python3.11" / "site-packages"
-    assert re.search(rf"^COPY migrations {re.escape(str(site / 'migrations'))}$", text, re.M)
-    assert re.search(r"^RUN pip install \.$", text, re.M)
+    assert re.search(r"^RUN pip wheel --no-deps --wheel-dir /wheels \.$", text, re.M)
+    installs = re.findall(r"pip install (.+)$", text, re.M)
+    assert installs == ["/wheels/dispatcher-*.whl"], installs
+    copied = " ".join(re.findall(r"^COPY (.*)$", text, re.M))
+    assert "migrations" not in copied
+    assert "devtools" not in copied
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert {"**", "!pyproject.toml", "!dispatcher/"} <= set(ignore)
+    assert not [line for line in ignore if line.startswith("!") and "devtools" in line]
+    # the migrations the runner reads are inside the package that the wheel carries
+    assert MIGRATIONS_DIR.resolve().parent == Path(dispatcher.__file__).resolve().parent

@@ -91,8 +91,14 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
-    """What `make run` starts."""
-    from dispatcher.dev import run_dev
+    """What `make run` starts (needs the dev tools: the devstack extra)."""
+    try:
+        from dispatcher_dev.dev import run_dev
+    except ImportError as exc:
+        raise DispatcherError(
+            "`dispatcher dev` needs the dev tools, which the service package does not carry: "
+            "install the devstack extra (in a checkout: pip install -e ./devtools "
+            "-e '.[devstack]', or `make run`)") from exc
 
     logs.setup(settings.log_level, "text")
     run_dev(settings)

@@ -24,8 +24,8 @@ import pytest
 
 from dispatcher.app import Runtime
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
 from dispatcher.store import QUERIES, SERVER_SETTINGS
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka, command_event, device_event, hex24, until
 
 EXPIRED = 30_000

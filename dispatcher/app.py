@@ -78,7 +78,7 @@ async def _with_retry(what: str, stop: asyncio.Event, action: Any) -> Any:
             if stop.is_set():
                 raise
             delay = backoff_s(attempt, 0.5, 10.0)
-            log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:200],
+            log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:500],
                                                                "retry_in_s": round(delay, 2)})
             await sleep_unless(stop, delay)
 

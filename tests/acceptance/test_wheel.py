@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -32,12 +33,8 @@ from tests.helpers import report
 pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_GRANTS = """
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT USAGE ON SCHEMA public TO {role};
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
-"""
+RUNTIME_ROLE_SQL = ROOT / "deploy" / "postgres" / "runtime-role.sql"
+"""What compose runs at database creation, and deploy/README.md tells operators to run."""
 
 
 @dataclass(frozen=True)
@@ -105,29 +102,47 @@ def test_dispatcher_dev_from_the_wheel_says_what_to_install(installed: Installed
     assert "devstack extra" in dev.stderr
 
 
-async def _roles(admin_dsn: str, role: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
+async def _deployed_roles(pg_server: PgServer) -> tuple[str, str]:
+    """A database owned by a migration role, and the deploy's runtime role: (owner DSN,
+    runtime DSN). The roles SQL runs before any migration, as in compose."""
+    tag = secrets.token_hex(3)
+    owner, app, name = f"wheel_owner_{tag}", f"wheel_app_{tag}", f"wheel_{tag}"
+    admin = await asyncpg.connect(pg_server.admin_dsn)
     try:
-        await conn.execute(f"CREATE ROLE {role} LOGIN")
-        await conn.execute(RUNTIME_GRANTS.format(role=role))
+        await admin.execute(f"CREATE ROLE {owner} LOGIN")
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER {owner}')
+    finally:
+        await admin.close()
+    owner_dsn = _as(pg_server.dsn_for(name), owner)
+    sql = RUNTIME_ROLE_SQL.read_text()
+    sql = re.sub(r"\bdispatcher_app\b", app, sql)
+    sql = re.sub(r"\bFOR ROLE dispatcher\b", f"FOR ROLE {owner}", sql)
+    conn = await asyncpg.connect(pg_server.dsn_for(name))  # as compose's POSTGRES_USER: a superuser
+    try:
+        await conn.execute(sql)
     finally:
         await conn.close()
+    return owner_dsn, _as(owner_dsn, app)
+
+
+def _as(dsn: str, role: str) -> str:
+    changed = re.sub(r"://[^@/]+@", f"://{role}@", dsn, count=1)
+    assert changed != dsn, f"cannot name a role in {dsn}"
+    return changed
 
 
 async def test_migrate_then_run_from_the_wheel_as_a_role_without_ddl(
         installed: Installed, pg_server: PgServer, kafka_bootstrap: str,
         tmp_path: Path) -> None:
-    dsn = await pg_server.create_database(f"wheel_{secrets.token_hex(4)}")
+    owner_dsn, runtime_dsn = await _deployed_roles(pg_server)
     migrated = _run([installed.dispatcher, "migrate"], cwd=installed.workdir,
-                    env=_clean_env(DISPATCHER_DATABASE_URL=dsn))
+                    env=_clean_env(DISPATCHER_DATABASE_URL=owner_dsn))
     assert migrated.returncode == 0, migrated.stderr
     assert migrated.stdout.strip() == \
         f"applied migrations: {[v for v, _, _ in migration_files()]}"
-
-    role = f"wheel_rt_{secrets.token_hex(3)}"
-    await _roles(dsn, role)
-    runtime_dsn = dsn.replace("://postgres@", f"://{role}@", 1)
-    assert runtime_dsn != dsn, "the test server's DSN names another user"
+    ddl = _run([installed.dispatcher, "migrate"], cwd=installed.workdir,
+               env=_clean_env(DISPATCHER_DATABASE_URL=runtime_dsn))
+    assert ddl.returncode != 0, "the runtime role may change the schema"
     port = free_port()
     log_path = tmp_path / "dispatcher.log"
     env = _clean_env(

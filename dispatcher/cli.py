@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -133,6 +135,19 @@ def _bootstrap(settings: Settings) -> str:
     return str(bootstrap)
 
 
+async def _start(settings: Settings, client: Any, what: str) -> None:
+    """Start an aiokafka client; a refusal (TLS, SASL, no broker) says what failed."""
+    from dispatcher.kafka import unavailable
+
+    try:
+        await client.start()
+    except Exception as exc:  # any failure to start: see kafka.unavailable()
+        with contextlib.suppress(Exception):
+            await client.stop()
+        named = dataclasses.replace(settings, kafka_bootstrap=_bootstrap(settings))
+        raise await unavailable(named, what, exc) from exc
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     """Publish one command-created event, keyed by the device id."""
     from aiokafka import AIOKafkaProducer
@@ -151,7 +166,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     async def send() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(settings),
                                     **client_security(settings))
-        await producer.start()
+        await _start(settings, producer, "cannot start the producer")
         try:
             await producer.send_and_wait(settings.topic("commands.created"),
                                          json.dumps(event).encode(), key=args.device.encode())
@@ -174,7 +189,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> None:
             **client_security(settings),
             auto_offset_reset="earliest" if args.from_beginning else "latest",
             enable_auto_commit=False)
-        await consumer.start()
+        await _start(settings, consumer, "cannot start the consumer")
         try:
             async for record in consumer:
                 event = json.loads(record.value)

@@ -12,9 +12,11 @@ kafka, a log line says what failed, and the SASL password appears in no log.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dispatcher import cli
 from dispatcher.app import Runtime, serve
 from dispatcher.config import Settings
 from dispatcher.exceptions import BrokerUnavailable
@@ -164,3 +167,26 @@ async def test_refused_credentials_are_not_ready_and_say_why(
             kafka_sasl_mechanism=mechanism, kafka_sasl_username="dispatcher",
             kafka_sasl_password=PASSWORD)
         await _not_ready_on_kafka(s, caplog, f"SASL {mechanism} login as 'dispatcher'")
+
+
+async def test_dispatcher_send_goes_over_tls_and_says_why_it_cannot(
+        tls_bootstrap: tuple[str, TlsTerminator], pki: Pki, settings: Settings,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = dataclasses.replace(_tls(settings, tls_bootstrap[0], pki), dev_dir=str(tmp_path),
+                            topic_prefix=f"send{secrets.token_hex(3)}.")
+    device = hex24()
+    args = argparse.Namespace(device=device, command="LOCK", duration=0, params="{}",
+                              org=hex24(), enterprise=hex24())
+    await asyncio.to_thread(cli.cmd_send, s, args)
+    sent = json.loads(capsys.readouterr().out)
+    kafka = Kafka(s.kafka_bootstrap, s.topic_prefix, security=client_security(s))
+    got = await wait_for(lambda: _read_id(kafka, sent["id"]), what="the sent command")
+    assert got["aosDevice"] == device
+    wrong = dataclasses.replace(s, kafka_ssl_cafile=str(pki.other_ca))
+    with pytest.raises(BrokerUnavailable, match="certificate verify failed"):
+        await asyncio.to_thread(cli.cmd_send, wrong, args)
+
+
+async def _read_id(kafka: Kafka, command_id: str) -> dict[str, Any] | None:
+    return next((e for e in await kafka.read("commands.created", timeout_s=0.3)
+                 if isinstance(e, dict) and e.get("id") == command_id), None)

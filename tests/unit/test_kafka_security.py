@@ -124,13 +124,15 @@ def test_send_and_watch_get_the_same_security(
     want = (s.kafka_security_protocol, "SCRAM-SHA-512" if sasl else None,
             "dispatcher" if sasl else None, PASSWORD if sasl else None, sasl)
     producers = _spy(monkeypatch, aiokafka, "AIOKafkaProducer")
-    with pytest.raises(_Stop):
+    with pytest.raises(BrokerUnavailable, match="cannot start the producer") as failed:
         cli.cmd_send(s, argparse.Namespace(device="a" * 24, command="LOCK", duration=0,
                                            params="{}", org=None, enterprise=None))
+    assert isinstance(failed.value.__cause__, _Stop)
     _expect(producers[0].client, *want)
     consumers = _spy(monkeypatch, aiokafka, "AIOKafkaConsumer")
-    with pytest.raises(_Stop):
+    with pytest.raises(BrokerUnavailable, match="cannot start the consumer") as failed:
         cli.cmd_watch(s, argparse.Namespace(from_beginning=True))
+    assert isinstance(failed.value.__cause__, _Stop)
     _expect(consumers[0]._client, *want)
 
 

@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint types all bench bench-faust schemas clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dispatcher needs Python 3.11 or newer"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./devtools -e '.[dev]'
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -20,15 +20,15 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check dispatcher tests bench
+	$(BIN)/ruff check dispatcher devtools tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy dispatcher bench
+	$(BIN)/mypy dispatcher devtools/dispatcher_dev bench
 
 all: lint types test
 
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e ./devtools -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 # the measurement behind "aiokafka, not faust-streaming" (README)

@@ -12,7 +12,7 @@ import time
 
 from aiohttp import web
 
-from dispatcher.fakepushy import FakePushy, PushRecord
+from dispatcher_dev.fakepushy import FakePushy, PushRecord
 
 
 async def main(port: int, latency_s: float, key: str) -> None:

@@ -131,7 +131,7 @@ async def committed(bootstrap: str, group: str, topic: str) -> int:
 
 
 async def main() -> int:
-    from dispatcher.devstack import EmbeddedKafka
+    from dispatcher_dev.devstack import EmbeddedKafka
 
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("DISPATCHER_KAFKA_BOOTSTRAP", "")

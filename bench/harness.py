@@ -135,7 +135,7 @@ class Harness:
     @classmethod
     @contextlib.asynccontextmanager
     async def start(cls, scale: float) -> AsyncIterator[Harness]:
-        from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres
+        from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres
 
         with contextlib.ExitStack() as stack:
             bootstrap = os.environ.get("DISPATCHER_KAFKA_BOOTSTRAP", "")
@@ -187,7 +187,7 @@ class Harness:
         return time.perf_counter() - started
 
     def spawn(self, dsn: str, prefix: str, **env: str) -> Service:
-        from dispatcher.devstack import free_port
+        from dispatcher_dev.devstack import free_port
 
         port = free_port()
         log = Path(tempfile.mkstemp(prefix="dispatcher-bench-", suffix=".log")[1])
@@ -249,7 +249,7 @@ class Harness:
 
     async def start_fake(self, latency_s: float) -> tuple[str, subprocess.Popen[bytes]]:
         """The fake Pushy in its own process; return its URL."""
-        from dispatcher.devstack import free_port
+        from dispatcher_dev.devstack import free_port
 
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "bench.fakeproc", str(port),

@@ -25,7 +25,7 @@ from dispatcher.aio import sleep_unless
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor, StreamConsumer
 from dispatcher.effects import Effects
-from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
+from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUnavailable
 from dispatcher.expiry import Timer
 from dispatcher.kafka import INPUTS, Producer, ensure_topics
 from dispatcher.lifecycle import backoff_s
@@ -33,7 +33,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
 from dispatcher.push import Provider, Pusher, make_provider
 from dispatcher.secretbox import SecretBox
-from dispatcher.store import Store, migrate
+from dispatcher.store import Store, check_migrated, migrate
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,27 @@ async def _with_retry(what: str, stop: asyncio.Event, action: Any) -> Any:
             if stop.is_set():
                 raise
             delay = backoff_s(attempt, 0.5, 10.0)
-            log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:200],
+            log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:500],
                                                                "retry_in_s": round(delay, 2)})
             await sleep_unless(stop, delay)
 
 
-async def connect(rt: Runtime, auto_migrate: bool = True, create_topics: bool = True) -> None:
-    """Connect to PostgreSQL and Kafka (retrying), migrate and create topics."""
+async def connect(rt: Runtime, auto_migrate: bool | None = None,
+                  create_topics: bool = True) -> None:
+    """Connect to PostgreSQL and Kafka (retrying), migrate and create topics.
+
+    With ``DISPATCHER_AUTO_MIGRATE=false`` nothing is migrated: a database that lacks a
+    migration stops the start with :class:`SchemaNotMigrated`.
+    """
     s = rt.settings
+    if auto_migrate is None:
+        auto_migrate = s.auto_migrate
     if auto_migrate:
         applied = await _with_retry("PostgreSQL", rt.stop, lambda: migrate(s.database_url))
         if applied:
             log.info("migrations applied", extra={"versions": applied})
+    else:
+        await _with_retry("PostgreSQL", rt.stop, lambda: check_migrated(s.database_url))
     rt.store = await _with_retry(
         "PostgreSQL", rt.stop, lambda: Store.connect(s.database_url, s.db_pool_min, s.db_pool_max))
     if create_topics:
@@ -131,7 +140,11 @@ async def serve(settings: Settings, provider: Provider | None = None,
     provider = provider or make_provider(settings)
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await connect(rt)
+        try:
+            await connect(rt)
+        except SchemaNotMigrated as exc:
+            log.error("refusing to start: %s", exc)
+            raise
         tasks = [asyncio.create_task(c) for c in build_loops(rt, provider)]
         rt.started.set()
         log.info("dispatcher running", extra={"http": rt.http_url})

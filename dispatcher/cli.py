@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the service").set_defaults(func=cmd_run)
-    sub.add_parser("migrate", help="apply migrations/").set_defaults(func=cmd_migrate)
+    sub.add_parser("migrate", help="apply the migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("dev", help="embedded stack + simulator + service").set_defaults(func=cmd_dev)
     token = sub.add_parser("token", help="print a signed bearer token")
     token.add_argument("--org", action="append", required=True, help="organization id, or *")
@@ -91,8 +93,14 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
-    """What `make run` starts."""
-    from dispatcher.dev import run_dev
+    """What `make run` starts (needs the dev tools: the devstack extra)."""
+    try:
+        from dispatcher_dev.dev import run_dev
+    except ImportError as exc:
+        raise DispatcherError(
+            "`dispatcher dev` needs the dev tools, which the service package does not carry: "
+            "install the devstack extra (in a checkout: pip install -e ./devtools "
+            "-e '.[devstack]', or `make run`)") from exc
 
     logs.setup(settings.log_level, "text")
     run_dev(settings)
@@ -127,9 +135,24 @@ def _bootstrap(settings: Settings) -> str:
     return str(bootstrap)
 
 
+async def _start(settings: Settings, client: Any, what: str) -> None:
+    """Start an aiokafka client; a refusal (TLS, SASL, no broker) says what failed."""
+    from dispatcher.kafka import unavailable
+
+    try:
+        await client.start()
+    except Exception as exc:  # any failure to start: see kafka.unavailable()
+        with contextlib.suppress(Exception):
+            await client.stop()
+        named = dataclasses.replace(settings, kafka_bootstrap=_bootstrap(settings))
+        raise await unavailable(named, what, exc) from exc
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     """Publish one command-created event, keyed by the device id."""
     from aiokafka import AIOKafkaProducer
+
+    from dispatcher.kafka import client_security
 
     stack = _stack(settings)
     event = {
@@ -141,8 +164,9 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     }
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(settings))
-        await producer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(settings),
+                                    **client_security(settings))
+        await _start(settings, producer, "cannot start the producer")
         try:
             await producer.send_and_wait(settings.topic("commands.created"),
                                          json.dumps(event).encode(), key=args.device.encode())
@@ -157,12 +181,15 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> None:
     """Print status events until Ctrl-C."""
     from aiokafka import AIOKafkaConsumer
 
+    from dispatcher.kafka import client_security
+
     async def watch() -> None:
         consumer = AIOKafkaConsumer(
             settings.topic("commands.status"), bootstrap_servers=_bootstrap(settings),
+            **client_security(settings),
             auto_offset_reset="earliest" if args.from_beginning else "latest",
             enable_auto_commit=False)
-        await consumer.start()
+        await _start(settings, consumer, "cannot start the consumer")
         try:
             async for record in consumer:
                 event = json.loads(record.value)

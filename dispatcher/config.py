@@ -14,8 +14,14 @@ from typing import Any
 from dispatcher.exceptions import ConfigError
 
 
-def _var(name: str, default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"env": name, "doc": doc})
+def _var(name: str, default: Any, doc: str, secret: bool = False) -> Any:
+    """A setting read from ``name``; a ``secret`` one is left out of repr and redacted logs."""
+    return field(default=default, repr=not secret,
+                 metadata={"env": name, "doc": doc, "secret": secret})
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +38,8 @@ class Settings:
     pushy_api_url: str = _var(
         "DISPATCHER_PUSHY_API_URL", "https://api.pushy.me", "Pushy-compatible push API base URL"
     )
-    pushy_api_key: str = _var("DISPATCHER_PUSHY_API_KEY", "", "Pushy secret API key")
+    pushy_api_key: str = _var("DISPATCHER_PUSHY_API_KEY", "", "Pushy secret API key",
+                              secret=True)
     push_concurrency: int = _var(
         "DISPATCHER_PUSH_CONCURRENCY", 64, "most push requests in flight per process"
     )
@@ -57,13 +64,15 @@ class Settings:
         "a command still PENDING this long after its push is pushed again (0: never)",
     )
     repush_max: int = _var("DISPATCHER_REPUSH_MAX", 3, "most re-pushes of one command")
-    jwt_secret: str = _var("DISPATCHER_JWT_SECRET", "", "HS256 secret of bearer tokens")
+    jwt_secret: str = _var("DISPATCHER_JWT_SECRET", "", "HS256 secret of bearer tokens",
+                           secret=True)
     jwt_public_key: str = _var(
         "DISPATCHER_JWT_PUBLIC_KEY", "", "PEM public key to accept RS256 bearer tokens (optional)"
     )
     secret_key: str = _var(
         "DISPATCHER_SECRET_KEY", "",
         "key that encrypts command secrets at rest (any string; dev: derived from the JWT secret)",
+        secret=True,
     )
     default_duration_s: int = _var(
         "DISPATCHER_DEFAULT_DURATION_S", 600, "command validity when none is given"
@@ -94,6 +103,33 @@ class Settings:
     kafka_enable_idempotence: bool = _var(
         "DISPATCHER_KAFKA_ENABLE_IDEMPOTENCE", False,
         "idempotent producer (true on Apache Kafka; the embedded broker does not support it)",
+    )
+    kafka_security_protocol: str = _var(
+        "DISPATCHER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, for every Kafka client of the process",
+    )
+    kafka_ssl_cafile: str = _var(
+        "DISPATCHER_KAFKA_SSL_CAFILE", "",
+        "PEM CA bundle that verifies the brokers (SSL, SASL_SSL; empty: the system CAs)",
+    )
+    kafka_ssl_certfile: str = _var(
+        "DISPATCHER_KAFKA_SSL_CERTFILE", "", "PEM client certificate for mutual TLS (optional)"
+    )
+    kafka_ssl_keyfile: str = _var(
+        "DISPATCHER_KAFKA_SSL_KEYFILE", "", "PEM private key of the client certificate"
+    )
+    kafka_sasl_mechanism: str = _var(
+        "DISPATCHER_KAFKA_SASL_MECHANISM", "",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_PLAINTEXT, SASL_SSL)",
+    )
+    kafka_sasl_username: str = _var("DISPATCHER_KAFKA_SASL_USERNAME", "", "SASL user name")
+    kafka_sasl_password: str = _var(
+        "DISPATCHER_KAFKA_SASL_PASSWORD", "", "SASL password (never logged)", secret=True
+    )
+    auto_migrate: bool = _var(
+        "DISPATCHER_AUTO_MIGRATE", True,
+        "true: `run` applies migrations at start; false: it only checks they are applied "
+        "and refuses to start otherwise (its role then needs no DDL rights)",
     )
     batch_max: int = _var("DISPATCHER_BATCH_MAX", 2000, "most records handled in one batch")
     db_pool_min: int = _var("DISPATCHER_DB_POOL_MIN", 2, "smallest database pool")
@@ -134,6 +170,25 @@ class Settings:
             raise ConfigError("DISPATCHER_EXPIRY_INTERVAL_S must be positive")
         if self.log_format not in ("json", "text"):
             raise ConfigError("DISPATCHER_LOG_FORMAT must be 'json' or 'text'")
+        self._validate_kafka_security()
+
+    def _validate_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"DISPATCHER_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ConfigError("DISPATCHER_KAFKA_SSL_CERTFILE and DISPATCHER_KAFKA_SSL_KEYFILE "
+                              "go together (mutual TLS)")
+        if not protocol.startswith("SASL_"):
+            return
+        if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"DISPATCHER_KAFKA_SASL_MECHANISM must be one of "
+                              f"{', '.join(SASL_MECHANISMS)} with {protocol}")
+        if not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ConfigError("DISPATCHER_KAFKA_SASL_USERNAME and DISPATCHER_KAFKA_SASL_PASSWORD "
+                              f"are required with {protocol}")
 
     def require_servers(self) -> None:
         """`dispatcher run` needs both servers named."""
@@ -149,11 +204,16 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log: secrets replaced by whether they are set."""
         out = dataclasses.asdict(self)
-        for key in ("pushy_api_key", "jwt_secret", "secret_key", "jwt_public_key"):
+        for key in (*SECRET_FIELDS, "jwt_public_key"):
             out[key] = "<set>" if out[key] else "<unset>"
         out["database_url"] = _redact_dsn(self.database_url)
         return out
 
+
+SECRET_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Settings) if f.metadata["secret"]
+)
+"""Settings never logged, shown in repr or answered."""
 
 VARIABLES: list[tuple[str, str, str]] = [
     (f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)

@@ -37,7 +37,7 @@ from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState, parse
 from dispatcher.exceptions import BrokerUnavailable, InvalidEvent, StoreUnavailable
-from dispatcher.kafka import Producer, input_topics
+from dispatcher.kafka import Producer, client_security, input_topics, unavailable
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox
@@ -223,6 +223,7 @@ class StreamConsumer:
         s = self.settings
         return AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
+            **client_security(s),
             group_id=s.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -265,11 +266,12 @@ class StreamConsumer:
             try:
                 await consumer.start()
                 return
-            except KafkaError as exc:
+            except Exception as exc:  # any failure to start: see kafka.unavailable()
                 attempt += 1
+                error = await unavailable(self.settings, "cannot start the consumer", exc)
                 if stop.is_set():
-                    raise BrokerUnavailable(str(exc)) from exc
-                log.warning("cannot reach Kafka, retrying", extra={"error": str(exc)})
+                    raise error from exc
+                log.warning("cannot reach Kafka, retrying", extra={"error": str(error)})
                 await asyncio.sleep(backoff_s(attempt, 0.5, 10.0))
 
     async def _handle(

@@ -16,6 +16,10 @@ class ConfigError(DispatcherError):
     """Invalid configuration."""
 
 
+class SchemaNotMigrated(DispatcherError):
+    """The database lacks migrations and DISPATCHER_AUTO_MIGRATE is false."""
+
+
 class StoreUnavailable(DispatcherError):
     """PostgreSQL is unreachable or failed a transient way."""
 

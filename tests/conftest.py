@@ -36,7 +36,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
     else:
-        from dispatcher.devstack import EmbeddedKafka
+        from dispatcher_dev.devstack import EmbeddedKafka
 
         with EmbeddedKafka(log_path=tmp_path_factory.mktemp("kafka") / "tansu.log") as kafka:
             yield kafka.start()
@@ -73,7 +73,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         with PostgresContainer("postgres:16") as pg:
             yield PgServer(pg.get_connection_url(driver=None))
     else:
-        from dispatcher.devstack import EmbeddedPostgres
+        from dispatcher_dev.devstack import EmbeddedPostgres
 
         data = Path(tmp_path_factory.mktemp("pg")) / "data"
         with EmbeddedPostgres(data, fast=True) as pg:

@@ -68,9 +68,12 @@ async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = 30.0,
 class Kafka:
     """Produce events and read topics from the beginning, as an outside client would."""
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str,
+                 security: dict[str, Any] | None = None) -> None:
+        """``security``: aiokafka TLS/SASL keyword arguments (``kafka.client_security``)."""
         self.bootstrap = bootstrap
         self.prefix = prefix
+        self.security = security or {}
         self.producer: AIOKafkaProducer | None = None
 
     def topic(self, name: str) -> str:
@@ -78,7 +81,8 @@ class Kafka:
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                         enable_idempotence=False, linger_ms=2)
+                                         enable_idempotence=False, linger_ms=2,
+                                         **self.security)
         await self.producer.start()
 
     async def stop(self) -> None:
@@ -105,7 +109,8 @@ class Kafka:
 
     async def read(self, name: str, timeout_s: float = 1.0) -> list[Any]:
         """Every record of a topic so far (no consumer group), decoded from JSON when possible."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    **self.security)
         await consumer.start()
         try:
             parts = consumer.partitions_for_topic(self.topic(name))

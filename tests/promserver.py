@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 import yaml
 
-from dispatcher.devstack import free_port
+from dispatcher_dev.devstack import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"

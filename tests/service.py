@@ -10,9 +10,9 @@ from typing import Any
 
 from dispatcher.app import Runtime, serve
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import wait_for
 
 PUSHY_KEY = "test-pushy-key"

@@ -425,13 +425,100 @@ def test_dockerfile_runs_the_service_as_non_root() -> None:
     assert "DISPATCHER_HTTP_HOST=0.0.0.0" in text
 
 
-def test_dockerfile_puts_migrations_where_the_installed_package_finds_them() -> None:
-    # MIGRATIONS_DIR is the directory ``migrations`` beside the package directory.
-    beside_package = Path(dispatcher.__file__).resolve().parent.parent / "migrations"
-    assert beside_package == MIGRATIONS_DIR
+def test_dockerfile_installs_the_wheel_and_nothing_else() -> None:
     text = DOCKERFILE.read_text()
-    venv = re.search(r"python -m venv (\S+)", text)
-    assert venv
-    site = PurePosixPath(venv.group(1)) / "lib" / "python3.11" / "site-packages"
-    assert re.search(rf"^COPY migrations {re.escape(str(site / 'migrations'))}$", text, re.M)
-    assert re.search(r"^RUN pip install \.$", text, re.M)
+    assert re.search(r"^RUN pip wheel --no-deps --wheel-dir /wheels \.$", text, re.M)
+    installs = re.findall(r"pip install (.+)$", text, re.M)
+    assert installs == ["/wheels/dispatcher-*.whl"], installs
+    copied = " ".join(re.findall(r"^COPY (.*)$", text, re.M))
+    assert "migrations" not in copied
+    assert "devtools" not in copied
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert {"**", "!pyproject.toml", "!dispatcher/"} <= set(ignore)
+    assert not [line for line in ignore if line.startswith("!") and "devtools" in line]
+    # the migrations the runner reads are inside the package that the wheel carries
+    assert MIGRATIONS_DIR.resolve().parent == Path(dispatcher.__file__).resolve().parent
+
+
+# --- secured deployment: own migration role, no DDL for the service, TLS/SASL -------------
+
+RUNTIME_ROLE_SQL = DEPLOY / "postgres" / "runtime-role.sql"
+
+
+def _dsn_user(dsn: str) -> str:
+    match = re.match(r"postgres(?:ql)?://([^:@/]+)", dsn)
+    assert match, dsn
+    return match.group(1)
+
+
+def test_compose_migrates_with_its_own_role_and_runs_without_ddl() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    (migrator,) = _compose_dispatchers(compose, "migrate").values()
+    owner = _dsn_user(migrator["environment"]["DISPATCHER_DATABASE_URL"])
+    sql = RUNTIME_ROLE_SQL.read_text()
+    assert f"FOR ROLE {owner} " in sql, "default privileges for what the migrations create"
+    for name, service in _compose_dispatchers(compose, "run").items():
+        settings = _settings_from(service["environment"])
+        assert settings.auto_migrate is False, name
+        runtime = _dsn_user(settings.database_url)
+        assert runtime != owner, f"{name} runs as the schema owner"
+        assert re.search(rf"^CREATE ROLE {runtime} LOGIN", sql, re.M), runtime
+        assert settings.kafka_security_protocol == "PLAINTEXT"  # the local broker
+    mounts = compose["services"]["postgres"]["volumes"]
+    assert any(m.startswith("./postgres/runtime-role.sql:/docker-entrypoint-initdb.d/")
+               for m in mounts)
+    assert "CREATE" not in re.findall(r"GRANT ([A-Z, ]+) ON ALL TABLES", sql)[0]
+
+
+def _mounted(container: dict[str, Any], pod: dict[str, Any], path: str) -> str:
+    """The Secret whose volume the container mounts at the directory holding ``path``."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if str(PurePosixPath(path).parent) == mount["mountPath"]:
+            secret = volumes[mount["name"]]["secret"]
+            items = {item["path"] for item in secret.get("items", [])}
+            assert not items or PurePosixPath(path).name in items, path
+            return str(secret["secretName"])
+    raise AssertionError(f"nothing is mounted at {path}")
+
+
+def _sslrootcert(dsn: str) -> str:
+    assert "sslmode=verify-full" in dsn, dsn
+    found = re.search(r"[?&]sslrootcert=([^&]+)", dsn)
+    assert found, dsn
+    return found.group(1)
+
+
+def test_k8s_service_uses_kafka_tls_sasl_and_a_verify_full_dsn() -> None:
+    pod = _k8s("Deployment", "dispatcher")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    settings = _settings_from(_container_env(container))
+    assert settings.auto_migrate is False
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism in {"SCRAM-SHA-256", "SCRAM-SHA-512"}
+    assert _mounted(container, pod, settings.kafka_ssl_cafile)
+    secrets = {v["name"]: v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"]
+               if "secretKeyRef" in v.get("valueFrom", {})}
+    assert "DISPATCHER_KAFKA_SASL_PASSWORD" in secrets
+    assert "DISPATCHER_KAFKA_SASL_PASSWORD" not in _k8s("ConfigMap", "dispatcher-config")["data"]
+    example = _k8s("Secret", secrets["DISPATCHER_DATABASE_URL"])["stringData"]
+    assert _mounted(container, pod, _sslrootcert(example["DISPATCHER_DATABASE_URL"]))
+
+
+def test_k8s_migration_job_has_its_own_role() -> None:
+    deployment = _k8s("Deployment", "dispatcher")["spec"]["template"]["spec"]
+    job = _k8s("Job", "dispatcher-migrate")["spec"]["template"]["spec"]
+    (service,), (migrate,) = deployment["containers"], job["containers"]
+
+    def db_secret(container: dict[str, Any]) -> str:
+        (ref,) = [v["valueFrom"]["secretKeyRef"] for v in container["env"]
+                  if v["name"] == "DISPATCHER_DATABASE_URL"]
+        return str(ref["name"])
+
+    assert db_secret(migrate) != db_secret(service)
+    owner = _k8s("Secret", db_secret(migrate))["stringData"]["DISPATCHER_DATABASE_URL"]
+    runtime = _k8s("Secret", db_secret(service))["stringData"]["DISPATCHER_DATABASE_URL"]
+    assert _dsn_user(owner) != _dsn_user(runtime)
+    assert f"FOR ROLE {_dsn_user(owner)} " in RUNTIME_ROLE_SQL.read_text()
+    assert re.search(rf"^CREATE ROLE {_dsn_user(runtime)} ", RUNTIME_ROLE_SQL.read_text(), re.M)
+    assert _mounted(migrate, job, _sslrootcert(owner))

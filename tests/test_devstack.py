@@ -1,4 +1,4 @@
-"""Real-server tests for dispatcher.devstack (no mocks: Tansu and PostgreSQL subprocesses)."""
+"""Real-server tests for dispatcher_dev.devstack (no mocks: Tansu and PostgreSQL subprocesses)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
+from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 
 
 def _accepts(port: int) -> bool:

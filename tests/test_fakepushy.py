@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatcher.fakepushy import DATA_LIMIT_BYTES, FakePushy, PushRecord
+from dispatcher_dev.fakepushy import DATA_LIMIT_BYTES, FakePushy, PushRecord
 
 KEY = "s3cr3t-test-key"
 TOKEN = "a6345d0278adc55d3474f5"
@@ -341,7 +341,7 @@ async def test_failing_callback_is_logged_not_raised(
     server = FakePushy(KEY, on_push=boom)
     base = await server.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="dispatcher.fakepushy"):
+        with caplog.at_level(logging.ERROR, logger="dispatcher_dev.fakepushy"):
             status, _, _ = await push(http, base)
             for _ in range(100):
                 if caplog.records:

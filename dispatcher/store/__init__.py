@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from dispatcher.exceptions import ConfigError, StoreUnavailable
+from dispatcher.exceptions import ConfigError, SchemaNotMigrated, StoreUnavailable
 
 _TRANSIENT = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -35,7 +35,9 @@ _TRANSIENT = (
     TimeoutError,
 )
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+MIGRATIONS_DIR = Path(str(resources.files("dispatcher").joinpath("migrations")))
+"""The numbered SQL files, shipped inside the package (package data): a checkout, an
+editable install and an installed wheel read the same files, and nothing is copied by hand."""
 _LOCK_KEY = 0x646973706174  # "dispat"
 
 
@@ -155,12 +157,10 @@ class Store:
         """Whether the database answers and the schema is migrated."""
         try:
             async with self.pool.acquire(timeout=2) as conn:
-                applied = await conn.fetchval(
-                    "SELECT count(*) FROM schema_migrations", timeout=2
-                )
+                missing = await pending(conn)
         except (asyncpg.PostgresError, *_TRANSIENT):
             return False
-        return bool(applied) and int(applied) >= len(migration_files())
+        return not missing
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
@@ -171,6 +171,33 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Pa
         if number.isdigit():
             found.append((int(number), name, path))
     return found
+
+
+async def pending(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """Versions of the migration files not applied to the database (all when none is)."""
+    wanted = [version for version, _, _ in migration_files(directory)]
+    table = await conn.fetchval("SELECT to_regclass('schema_migrations')", timeout=5)
+    if table is None:
+        return wanted
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations",
+                                                   timeout=5)}
+    return [version for version in wanted if version not in done]
+
+
+async def check_migrated(dsn: str, directory: Path = MIGRATIONS_DIR) -> None:
+    """Raise :class:`SchemaNotMigrated` unless every migration is applied (no DDL needed)."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except _TRANSIENT as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        missing = await pending(conn, directory)
+    finally:
+        await conn.close()
+    if missing:
+        raise SchemaNotMigrated(
+            f"the database lacks migrations {missing}: run `dispatcher migrate` with a role "
+            "that may change the schema (DISPATCHER_AUTO_MIGRATE=false: `run` does not migrate)")
 
 
 async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[int]:

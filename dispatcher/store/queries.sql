@@ -3,7 +3,7 @@
 -- writes its mdm.commands.status event into status_outbox in the same statement.
 --
 -- Index keys: a clause such as "seq > 0" or "pushes >= 0" is always true; it names the
--- partial index the statement is meant to use (migrations/002_index_keys.sql). A partial
+-- partial index the statement is meant to use (dispatcher/migrations/002_index_keys.sql). A partial
 -- index can serve only the statements that repeat its key, so a stale picture of the
 -- table (every index "empty" after a mass expiry) cannot send a statement to the wrong
 -- one. Keep each key with its statement; test_plans.py asserts the plans.

@@ -22,8 +22,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dispatcher.devstack import free_port
-from dispatcher.fakepushy import FakePushy
+from dispatcher_dev.devstack import free_port
+from dispatcher_dev.fakepushy import FakePushy
 from tests.conftest import PgServer
 from tests.helpers import Kafka
 

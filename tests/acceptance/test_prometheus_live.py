@@ -50,7 +50,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dispatcher.fakepushy import FakePushy
+from dispatcher_dev.fakepushy import FakePushy
 from tests.acceptance.conftest import PUSHY_KEY
 from tests.conftest import PgServer
 from tests.faults.conftest import Dispatcher, Gateway, Plan, base_env, histories

@@ -34,9 +34,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.devstack import free_port
-from dispatcher.fakepushy import FakePushy, PushRecord
 from dispatcher.lifecycle import Status, allowed
+from dispatcher_dev.devstack import free_port
+from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.acceptance.conftest import (
     DISPATCHER,
     PUSHY_KEY,

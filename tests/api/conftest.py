@@ -13,8 +13,8 @@ import pytest
 from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
 from dispatcher.store import QUERIES
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import ENTERPRISE, ORG, Kafka, hex24
 from tests.service import PUSHY_KEY, running
 

@@ -15,7 +15,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from dispatcher.auth import mint
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import ORG, Kafka, hex24, wait_for
 
 BASE = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"

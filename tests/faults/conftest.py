@@ -31,9 +31,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
-from dispatcher.fakepushy import FakePushy, PushRecord
 from dispatcher.lifecycle import Status, allowed
+from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
+from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.acceptance.conftest import DISPATCHER, PUSHY_KEY, service_env
 from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, report, wait_for
 

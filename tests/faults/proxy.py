@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from dispatcher.devstack import EmbeddedKafka, free_port
+from dispatcher_dev.devstack import EmbeddedKafka, free_port
 
 MODES = ("pass", "refuse", "stall", "slow")
 _CHUNK = 64 * 1024

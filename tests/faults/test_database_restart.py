@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dispatcher.devstack import EmbeddedPostgres
+from dispatcher_dev.devstack import EmbeddedPostgres
 from tests.faults.conftest import (
     Figures,
     Rig,

@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dispatcher.devstack import EmbeddedKafka
-from dispatcher.fakepushy import PushRecord
+from dispatcher_dev.devstack import EmbeddedKafka
+from dispatcher_dev.fakepushy import PushRecord
 from tests.conftest import PgServer
 from tests.faults.conftest import Figures, Rig, create_database, open_rig
 from tests.helpers import ack_event, command_event, report, wait_for

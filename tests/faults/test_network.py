@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from dispatcher.push import repeat_bound
+from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from tests.faults.conftest import (
     CONCURRENCY,
     Figures,

@@ -9,7 +9,7 @@ import pytest
 
 from dispatcher.app import Runtime
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka
 from tests.service import PUSHY_KEY, running
 

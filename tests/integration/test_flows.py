@@ -24,8 +24,8 @@ import asyncpg
 from dispatcher.app import Runtime
 from dispatcher.config import Settings
 from dispatcher.deadletter import Source
-from dispatcher.fakepushy import FakePushy
 from dispatcher.store import migrate
+from dispatcher_dev.fakepushy import FakePushy
 from tests.conftest import PgServer
 from tests.helpers import (
     Kafka,

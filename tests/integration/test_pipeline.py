@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
 
 

@@ -25,8 +25,8 @@ import pytest
 
 from dispatcher.app import Runtime
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
 from dispatcher.store import ORDERED_WALK, QUERIES, SERVER_SETTINGS, WALKS, migrate
+from dispatcher_dev.fakepushy import FakePushy
 from tests.conftest import PgServer
 from tests.helpers import Kafka, command_event, device_event, hex24, until
 

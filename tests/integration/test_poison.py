@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from dispatcher.app import Runtime
-from dispatcher.fakepushy import FakePushy
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import (
     Kafka,
     ack_event,

@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy, PushRecord
 from dispatcher.store import migrate
+from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, iso, wait_for
 from tests.service import PUSHY_KEY, running
 

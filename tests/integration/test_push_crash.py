@@ -22,9 +22,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dispatcher.devstack import free_port
-from dispatcher.fakepushy import FakePushy
 from dispatcher.push import repeat_bound
+from dispatcher_dev.devstack import free_port
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka, command_event, device_event, hex24, report, wait_for
 from tests.service import PUSHY_KEY
 

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.fakepushy import FakePushy
 from dispatcher.logs import JsonFormatter
+from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
 from tests.service import PUSHY_KEY, running
 

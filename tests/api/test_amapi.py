@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import ENTERPRISE, Kafka, ack_event, hex24, wait_for
 
-COMMAND_TYPE = "type.googleapis.com/google.android.management.v1.Command"
+COMMAND_TYPE = "type.googleapis.com/google.android.devicemanagement.v1.Command"
 
 
 def dev(device: str, enterprise: str = ENTERPRISE) -> str:
@@ -186,7 +186,7 @@ async def test_cancel_answers_empty_and_refuses_finished(service, http, token, r
     assert after["error"]["code"] == 1
     assert "errorCode" not in after["metadata"]
     again = await call(http, "POST", "/v1/" + op["name"] + ":cancel", token())
-    google_error(again, 409, "FAILED_PRECONDITION")
+    google_error(again, 400, "FAILED_PRECONDITION")
     google_error(await call(http, "POST", "/v1/" + op["name"] + ":cancel",
                             token(perms=["mdm.aosp.command.read"])), 403, "PERMISSION_DENIED")
 
@@ -206,6 +206,19 @@ async def test_list_pages_with_tokens(service, http, token, register) -> None:
     assert seen == list(reversed(names))
     google_error(await call(http, "GET", dev(device) + "/operations?pageToken=zz", token()),
                  400, "INVALID_ARGUMENT")
+
+
+async def test_page_size_above_the_maximum_is_clamped(service, http, token, register) -> None:
+    device = await register(push_token=None)
+    for _ in range(3):
+        await issue(http, device, token(), {"type": "LOCK"})
+    for size in ("0", "101", "1000", "2147483647"):
+        status, page = await call(http, "GET", dev(device) + f"/operations?pageSize={size}",
+                                  token())
+        assert (status, len(page["operations"])) == (200, 3), (size, page)
+    for size in ("-1", "x", "2147483648"):
+        answer = await call(http, "GET", dev(device) + f"/operations?pageSize={size}", token())
+        assert "pageSize" in google_error(answer, 400, "INVALID_ARGUMENT")
 
 
 async def test_scope_and_auth_in_google_envelope(service, http, token, register) -> None:

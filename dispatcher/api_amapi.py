@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
 from dispatcher.lifecycle import MAX_DURATION_S, Status
@@ -180,19 +181,20 @@ class OperationError(BaseModel):
 
 
 class Operation(BaseModel):
-    """A command as a long-running operation; ``metadata`` is the Command."""
+    """A command as a long-running operation; ``metadata`` is the Command. Fields without
+    a value are omitted, never ``null``."""
 
     name: str
     metadata: dict[str, Any]
     done: bool
-    error: OperationError | None = None
+    error: OperationError | SkipJsonSchema[None] = None
 
 
 class ListOperationsResponse(BaseModel):
     """One page of operations, newest first."""
 
     operations: list[Operation]
-    nextPageToken: str | None = None
+    nextPageToken: str | SkipJsonSchema[None] = None
 
 
 class GoogleErrorDetail(BaseModel):

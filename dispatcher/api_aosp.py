@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
 from dispatcher.events import Params
@@ -67,35 +68,41 @@ class CreateCommandRequest(BaseModel):
         return value
 
 
+Absent = SkipJsonSchema[None]
+"""An optional field: omitted from answers when it has no value, never ``null``."""
+
+
 class Result(BaseModel):
     """One device ack recorded for a command."""
 
     at: str
-    status: str | None = None
-    data: dict[str, Any] | None = None
-    errorMessage: str | None = None
-    errorType: str | None = None
+    status: str | Absent = None
+    data: dict[str, Any] | Absent = None
+    errorMessage: str | Absent = None
+    errorType: str | Absent = None
 
 
 class CommandRecord(BaseModel):
-    """A command as the API shows it (times RFC 3339 UTC; secrets never included)."""
+    """A command as the API shows it (times RFC 3339 UTC; secrets never included).
+
+    A field without a value is omitted, not sent as ``null``."""
 
     id: str = Field(pattern=HEX_PATTERN)
     organization: str = Field(pattern=HEX_PATTERN)
     aosEnterprise: str = Field(pattern=HEX_PATTERN)
     aosDevice: str = Field(pattern=HEX_PATTERN)
-    mdmUser: str | None
+    mdmUser: str | Absent = Field(default=None, pattern=HEX_PATTERN)
     command: CommandType
-    params: dict[str, Any]
-    pushId: str | None
+    params: dict[str, Any] | Absent = None
+    pushId: str | Absent = None
     status: Status
-    results: list[Result]
-    deliveryExpiresAt: str | None
-    sentAt: str | None
+    results: list[Result] | Absent = None
+    deliveryExpiresAt: str | Absent = None
+    sentAt: str | Absent = None
     expiresAt: str
     duration: int
-    errorType: str | None
-    errorMessage: str | None
+    errorType: str | Absent = None
+    errorMessage: str | Absent = None
     updatedAt: str
     createdAt: str
 
@@ -130,8 +137,8 @@ class ErrorAnswer(BaseModel):
 
 
 def record(row: Any) -> dict[str, Any]:
-    """The API form of a ``commands`` row."""
-    return {
+    """The API form of a ``commands`` row; fields without a value are left out."""
+    full = {
         "id": row["id"], "organization": row["organization"],
         "aosEnterprise": row["aos_enterprise"], "aosDevice": row["aos_device"],
         "mdmUser": row["mdm_user"], "command": row["command"],
@@ -142,6 +149,7 @@ def record(row: Any) -> dict[str, Any]:
         "errorType": row["error_type"], "errorMessage": row["error_message"],
         "updatedAt": iso(row["updated_at"]), "createdAt": iso(row["created_at"]),
     }
+    return {key: value for key, value in full.items() if value is not None}
 
 
 def _scope(request: web.Request, permission: str) -> tuple[str, str]:

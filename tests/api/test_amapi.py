@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
@@ -53,6 +54,10 @@ async def test_issue_get_and_list_an_operation(service, http, token, register) -
     assert "error" not in op
     got = await call(http, "GET", "/v1/" + op["name"], token())
     assert got == (200, op)
+    assert "null" not in json.dumps(op)
+    no_user = await issue(http, await register(), token(), {"type": "LOCK"})
+    assert "userName" not in no_user["metadata"]
+    assert "null" not in json.dumps(no_user)
     _, listed = await call(http, "GET", dev(device) + "/operations", token())
     assert [o["name"] for o in listed["operations"]] == [op["name"]]
     assert "nextPageToken" not in listed

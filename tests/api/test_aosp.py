@@ -16,12 +16,14 @@ from jwt.warnings import InsecureKeyLengthWarning
 from dispatcher.auth import mint
 from dispatcher.config import Settings
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import ORG, Kafka, hex24, wait_for
+from tests.helpers import ORG, Kafka, ack_event, hex24, wait_for
 
 BASE = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 FIELDS = {"id", "organization", "aosEnterprise", "aosDevice", "mdmUser", "command", "params",
-          "pushId", "status", "results", "deliveryExpiresAt", "sentAt", "updatedAt", "createdAt"}
+          "status", "results", "updatedAt", "createdAt"}
+"""What a new command's record of a device with a user carries; pushId, sentAt and
+deliveryExpiresAt come once the push is accepted."""
 
 
 def url(device: str, org: str = ORG, tail: str = "") -> str:
@@ -66,6 +68,40 @@ async def test_create_answers_the_full_record_and_get_finds_it_at_once(
         got = await call(http, "GET", url(device, tail=f"/{record['id']}"), token())
         assert got[0] == 200
         assert got[1]["data"]["id"] == record["id"]
+
+
+def nulls(value: Any, where: str = "") -> list[str]:
+    """Where ``value`` holds a ``null``."""
+    if value is None:
+        return [where or "."]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in nulls(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in nulls(v, f"{where}[{i}]")]
+    return []
+
+
+async def test_fields_without_a_value_are_omitted_not_null(
+        service, http, token, register, kafka: Kafka) -> None:
+    device = await register(push_token=None)
+    _, body = await call(http, "POST", url(device), token(), {"command": "LOCK"})
+    record = body["data"]
+    assert nulls(record) == []
+    assert not {"mdmUser", "pushId", "sentAt", "deliveryExpiresAt", "errorType",
+                "errorMessage"} & set(record), record
+    cid = record["id"]
+    await kafka.send("device-acks", ack_event(cid, device, "ERROR", errorType="NO_SPACE"))
+
+    async def failed() -> Any:
+        _, got = await call(http, "GET", url(device, tail=f"/{cid}"), token())
+        return got["data"] if got["data"]["status"] == "ERROR" else None
+
+    done = await wait_for(failed, what="the ERROR ack applied")
+    assert (done["errorType"], "errorMessage" in done) == ("NO_SPACE", False)
+    assert [{k: v for k, v in r.items() if k != "at"} for r in done["results"]] == [
+        {"status": "ERROR", "errorType": "NO_SPACE", "data": {}}]
+    _, page = await call(http, "GET", url(device), token())
+    assert nulls(page["data"]) == []
 
 
 async def test_http_command_is_pushed_and_emits_pending(

@@ -41,8 +41,24 @@ class InvalidEvent(DispatcherError):
         self.detail = detail
 
 
+PUSH_ERROR_MESSAGES: dict[str, str] = {
+    "INVALID_TOKEN": "The push provider does not know the device's push token",
+    "PUSH_REJECTED": "The push provider refused the push",
+    "PUSH_TIMEOUT": "The push provider did not answer in time",
+    "PUSH_UNREACHABLE": "The push provider could not be reached",
+    "RATE_LIMITED": "The push provider is limiting the rate of pushes",
+    "PROVIDER_AUTH": "The push provider refused the dispatcher's credentials",
+    "PROVIDER_ERROR": "The push provider failed",
+}
+"""What a tenant is told for each push ``errorType``; the provider's own text (which may
+name other tenants' tokens, accounts or internals) goes to the logs only."""
+
+
 class PushError(DispatcherError):
-    """The push provider did not accept a push."""
+    """The push provider did not accept a push.
+
+    ``str(error)`` is for the logs and may quote the provider; :attr:`public_message` is
+    what is stored and answered."""
 
     def __init__(
         self,
@@ -58,3 +74,8 @@ class PushError(DispatcherError):
         self.retriable = retriable
         self.retry_after_s = retry_after_s
         self.outcome = outcome
+
+    @property
+    def public_message(self) -> str:
+        """The fixed message of :attr:`error_type`, never the provider's text."""
+        return PUSH_ERROR_MESSAGES.get(self.error_type, "The push could not be delivered")

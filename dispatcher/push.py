@@ -10,7 +10,8 @@ them); a request never outlives its lease. Retriable failures back off with jitt
 until the command expires; a ``Retry-After`` is a floor for that push and pauses every
 claim until it has passed, and the first success after an outage brings the pushes
 that were backing off forward. Permanent rejections end the command in ERROR with an
-``errorType`` a person can act on. ``DISPATCHER_PUSH_RATE_PER_MIN`` is enforced before
+``errorType`` a person can act on and a fixed message for it (the provider's own text
+is logged, never stored or answered). ``DISPATCHER_PUSH_RATE_PER_MIN`` is enforced before
 claiming, so a claimed push never waits for it.
 
 A provider is one class with ``name``, ``send`` and ``close``: FCM HTTP v1 fits as one
@@ -126,8 +127,10 @@ async def _json_or_empty(response: aiohttp.ClientResponse) -> dict[str, Any]:
 def _pushy_answer(response: aiohttp.ClientResponse, payload: dict[str, Any], token: str) -> str:
     """The push id of a success, or the PushError that the answer means."""
     status = response.status
-    code = str(payload.get("code") or "")
+    code = str(payload.get("code") or "")[:64]
     message = str(payload.get("error") or f"HTTP {status}")[:300]
+    if token:
+        message = message.replace(token, "<token>")  # logged: no device token in the logs
     if status == 200 and payload.get("id"):
         failed = (payload.get("info") or {}).get("failed") or []
         if token in failed or (payload.get("info") or {}).get("devices") == 0:
@@ -474,8 +477,10 @@ class Pusher:
             log.warning("push failed, will retry", extra={**extra, "retry_in_s": round(delay, 2)})
             await self._record("push_retry", row["id"], delay)
             return
+        # The provider's text is for operators only: the tenant sees a fixed message.
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
-        moved = await self._record("push_rejected", row["id"], exc.error_type, str(exc)[:500])
+        moved = await self._record("push_rejected", row["id"], exc.error_type,
+                                   exc.public_message)
         self.metrics.transitions(moved)
         if moved and self.outbox_wake is not None:
             self.outbox_wake.set()

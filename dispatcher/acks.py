@@ -4,12 +4,20 @@ A batch of acks is applied in one transaction: the touched commands are locked i
 order, the lifecycle decides each ack's effect in arrival order, and the changes are
 written back as at most two guarded steps per command (PENDING -> RECEIVED -> DONE in
 one batch still publishes both transitions). Every ack lands in ``results``; an ack that
-is already there (a redelivery) is skipped, so replaying a batch changes nothing.
+was seen before (a redelivery) is skipped, so replaying a batch changes nothing.
 An ack for a command not seen yet is held until it arrives (see ``held_events``).
+
+Bounds: ``results`` keeps the newest :data:`RESULTS_MAX` entries within
+:data:`RESULTS_MAX_BYTES` as JSON; past that the oldest entries lose their ``data``
+first (``dataDropped``), then whole oldest entries go, counted in ``results_dropped``.
+A redelivery is recognised by its fingerprint (``ack_keys``: the last
+:data:`ACK_KEYS_MAX` acks' 64-bit hashes, looked up in a set), never by reading
+``results``, so an ack costs the same however many came before it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,21 +27,27 @@ import asyncpg
 
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
-from dispatcher.events import DeviceAck
+from dispatcher.events import DeviceAck, json_size
 from dispatcher.held import hold
 from dispatcher.lifecycle import Status, on_ack
 from dispatcher.store import QUERIES
 
 log = logging.getLogger(__name__)
 
+RESULTS_MAX = 50
+"""Most entries ``results`` keeps per command (the newest)."""
+RESULTS_MAX_BYTES = 64 * 1024
+"""Most bytes ``results`` takes as compact JSON per command."""
+ACK_KEYS_MAX = 1000
+"""Acks per command whose fingerprints are kept to recognise a redelivery."""
+
 
 @dataclass
 class _Step:
-    """One guarded write: from ``expected`` to ``status``, appending ``results``."""
+    """One guarded write: from ``expected`` to ``status``."""
 
     expected: Status
     status: Status
-    results: list[dict[str, Any]] = field(default_factory=list)
     error_type: str | None = None
     error_message: str | None = None
 
@@ -42,12 +56,61 @@ class _Step:
 class _Plan:
     device: str
     organization: str
-    seen: list[dict[str, Any]]
+    results: list[Any]
+    dropped: int
+    keys: list[int]
     steps: list[_Step]
+    known: set[int] = field(default_factory=set)
+    appended: bool = False
 
     @property
     def current(self) -> _Step:
         return self.steps[-1]
+
+    @classmethod
+    def from_row(cls, row: Any) -> _Plan:
+        """The plan of a locked ``commands`` row."""
+        status = Status(row["status"])
+        results = list(row["results"])
+        keys = list(row["ack_keys"])
+        if not keys and results:  # stored before fingerprints were kept
+            keys = [fingerprint(e) for e in results if isinstance(e, dict)]
+        return cls(row["aos_device"], row["organization"], results, row["results_dropped"],
+                   keys, [_Step(status, status)], known=set(keys))
+
+
+def fingerprint(entry: dict[str, Any]) -> int:
+    """A 64-bit hash of a ``results`` entry (the same ack gives the same entry)."""
+    text = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def cap_results(results: list[Any], dropped: int, most: int = RESULTS_MAX,
+                most_bytes: int = RESULTS_MAX_BYTES) -> tuple[list[Any], int]:
+    """``results`` within ``most`` entries and ``most_bytes`` of JSON, and the new count of
+    dropped entries. Oldest first: entries beyond ``most`` go, then the oldest entries lose
+    their ``data`` (marked ``dataDropped``), then whole oldest entries go. The newest entry
+    is always kept whole (an ack's own size is bounded well below ``most_bytes``)."""
+    kept = list(results[-most:]) if most > 0 else []
+    dropped += len(results) - len(kept)
+    sizes = [json_size(e) for e in kept]
+
+    def total() -> int:
+        return 2 + sum(sizes) + max(len(sizes) - 1, 0)
+
+    for i in range(len(kept) - 1):
+        if total() <= most_bytes:
+            break
+        entry = kept[i]
+        if isinstance(entry, dict) and "data" in entry:
+            kept[i] = {**{k: v for k, v in entry.items() if k != "data"}, "dataDropped": True}
+            sizes[i] = json_size(kept[i])
+    while total() > most_bytes and len(kept) > 1:
+        kept.pop(0)
+        sizes.pop(0)
+        dropped += 1
+    return kept, dropped
 
 
 def result_entry(ack: DeviceAck, source: Source) -> dict[str, Any]:
@@ -73,11 +136,8 @@ async def apply_acks(
     if not items:
         return
     ids = sorted({ack.commandId for ack, _ in items})
-    plans: dict[str, _Plan] = {}
-    for row in await conn.fetch(QUERIES["lock_commands"], ids):
-        status = Status(row["status"])
-        plans[row["id"]] = _Plan(row["aos_device"], row["organization"], list(row["results"]),
-                                 [_Step(status, status)])
+    plans = {row["id"]: _Plan.from_row(row)
+             for row in await conn.fetch(QUERIES["lock_commands"], ids)}
     to_hold: list[tuple[DeviceAck, Source]] = []
     for ack, source in items:
         plan = plans.get(ack.commandId)
@@ -107,12 +167,15 @@ def _log_ack(ack: DeviceAck, plan: _Plan | None, outcome: str) -> None:
 def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> str:
     """Plan one ack's effect; return its outcome (``ok``, ``duplicate``, ``no_change``)."""
     entry = result_entry(ack, source)
-    if entry in plan.seen:
+    key = fingerprint(entry)
+    if key in plan.known:
         fx.accept(source, "duplicate")
         return "duplicate"
-    plan.seen.append(entry)
+    plan.known.add(key)
+    plan.keys.append(key)
+    plan.results.append(entry)
+    plan.appended = True
     step = plan.current
-    step.results.append(entry)
     target = on_ack(step.status, ack.status)
     if target is None:
         fx.accept(source, "no_change")
@@ -128,20 +191,43 @@ def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> str:
     return "ok"
 
 
+def _stored(plan: _Plan) -> tuple[str, int, str]:
+    """The capped results (JSON), dropped count and fingerprints (array literal) to write."""
+    results, dropped = plan.results, plan.dropped
+    text = _compact(results)
+    if len(results) > RESULTS_MAX or len(text.encode()) > RESULTS_MAX_BYTES:
+        results, dropped = cap_results(results, dropped)
+        text = _compact(results)
+    keys = plan.keys[-ACK_KEYS_MAX:]
+    return text, dropped, "{" + ",".join(map(str, keys)) + "}"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects) -> None:
+    """Write each plan's steps; the first step of a command also stores its new results."""
     for round_ in range(2):
-        batch = [(cid, p.steps[round_]) for cid, p in plans.items() if len(p.steps) > round_]
-        batch = [(cid, s) for cid, s in batch if s.results or s.status != s.expected]
+        batch: list[tuple[str, _Step, tuple[str, int, str] | None]] = []
+        for cid, plan in plans.items():
+            if len(plan.steps) <= round_:
+                continue
+            step = plan.steps[round_]
+            stored = _stored(plan) if round_ == 0 and plan.appended else None
+            if stored is not None or step.status != step.expected:
+                batch.append((cid, step, stored))
         if not batch:
             return
         rows = await conn.fetch(
             QUERIES["apply_acks"],
-            [cid for cid, _ in batch],
-            [s.expected.value for _, s in batch],
-            [s.status.value for _, s in batch],
-            [json.dumps(s.results) for _, s in batch],
-            [s.error_type for _, s in batch],
-            [s.error_message for _, s in batch],
+            [cid for cid, _, _ in batch],
+            [s.expected.value for _, s, _ in batch],
+            [s.status.value for _, s, _ in batch],
+            [w[0] if w else None for _, _, w in batch],
+            [w[1] if w else None for _, _, w in batch],
+            [w[2] if w else None for _, _, w in batch],
+            [s.error_type for _, s, _ in batch],
+            [s.error_message for _, s, _ in batch],
         )
         fx.moved([r for r in rows if r["status"] != r["previous"]])
-

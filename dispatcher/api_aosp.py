@@ -80,6 +80,9 @@ class Result(BaseModel):
     data: dict[str, Any] | Absent = None
     errorMessage: str | Absent = None
     errorType: str | Absent = None
+    dataDropped: bool | Absent = Field(
+        default=None, description="true: this older entry's data was dropped to keep "
+        "results within its bounds")
 
 
 class CommandRecord(BaseModel):
@@ -96,7 +99,10 @@ class CommandRecord(BaseModel):
     params: dict[str, Any] | Absent = None
     pushId: str | Absent = None
     status: Status
-    results: list[Result] | Absent = None
+    results: list[Result] | Absent = Field(
+        default=None, description="the newest acks: at most 50 entries and 64 KB of JSON")
+    resultsDropped: int | Absent = Field(
+        default=None, description="how many older entries were dropped from results")
     deliveryExpiresAt: str | Absent = None
     sentAt: str | Absent = None
     expiresAt: str
@@ -144,6 +150,7 @@ def record(row: Any) -> dict[str, Any]:
         "mdmUser": row["mdm_user"], "command": row["command"],
         "params": redact(row["params"] or {}), "pushId": row["push_id"],
         "status": row["status"], "results": redact(row["results"] or []),
+        "resultsDropped": row["results_dropped"] or None,
         "deliveryExpiresAt": iso(row["delivery_expires_at"]), "sentAt": iso(row["sent_at"]),
         "expiresAt": iso(row["expires_at"]), "duration": row["duration_s"],
         "errorType": row["error_type"], "errorMessage": row["error_message"],

@@ -99,23 +99,29 @@ WITH input AS (
 SELECT id, status, command, created_at FROM inserted;
 
 -- name: lock_commands
--- The current state of the commands a batch of acks touches, locked in id order.
-SELECT id, aos_device, organization, status, results FROM commands
+-- The current state of the commands a batch of acks touches, locked in id order
+-- (results is bounded: acks.RESULTS_MAX entries, acks.RESULTS_MAX_BYTES).
+SELECT id, aos_device, organization, status, results, results_dropped, ack_keys FROM commands
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 
 -- name: apply_acks
--- One row per command: its new status (or the same), the results to append, guarded by
+-- One row per command: its new status (or the same) and, when acks were added, its whole
+-- new (capped) results, dropped count and ack fingerprints (NULL: unchanged), guarded by
 -- the status read under lock.
 WITH input AS (
-    -- new_results arrive as JSON text: a Python list inside a jsonb[] parameter would be
-    -- taken for an array dimension by the driver
-    SELECT id, expected, status, new_results::jsonb AS new_results, error_type, error_message
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS t(id, expected, status, new_results, error_type, error_message)
+    -- results arrive as JSON text and ack_keys as an array literal: a list inside an
+    -- array parameter would be taken for an array dimension by the driver
+    SELECT id, expected, status, results::jsonb AS results, results_dropped,
+           ack_keys::bigint[] AS ack_keys, error_type, error_message
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+                $7::text[], $8::text[])
+        AS t(id, expected, status, results, results_dropped, ack_keys, error_type, error_message)
 ), moved AS (
     UPDATE commands c
     SET status = i.status,
-        results = c.results || i.new_results,
+        results = coalesce(i.results, c.results),
+        results_dropped = coalesce(i.results_dropped, c.results_dropped),
+        ack_keys = coalesce(i.ack_keys, c.ack_keys),
         updated_at = now(),
         error_type = CASE WHEN i.status <> i.expected THEN coalesce(i.error_type, c.error_type) ELSE c.error_type END,
         error_message = CASE WHEN i.status <> i.expected THEN coalesce(i.error_message, c.error_message) ELSE c.error_message END,

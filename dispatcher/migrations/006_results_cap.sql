@@ -1,0 +1,13 @@
+-- 006: a command's results are bounded, and a redelivered ack is recognised without
+-- reading them (dispatcher/acks.py).
+--
+-- results keeps the newest acks.RESULTS_MAX entries within acks.RESULTS_MAX_BYTES of
+-- JSON; results_dropped counts the entries that had to go (oldest first). ack_keys holds
+-- the 64-bit fingerprints of the command's last acks.ACK_KEYS_MAX acks: a redelivery is
+-- a set lookup, not a comparison with every stored entry. Rows stored before this
+-- migration get their fingerprints from their results on their next ack.
+-- (Columns with constant defaults: no table rewrite.)
+
+ALTER TABLE commands
+    ADD COLUMN results_dropped integer NOT NULL DEFAULT 0,
+    ADD COLUMN ack_keys bigint[] NOT NULL DEFAULT '{}';

@@ -211,8 +211,8 @@ class GoogleError(BaseModel):
     error: GoogleErrorDetail
 
 
-def plan(cmd: CommandRequest) -> tuple[str, dict[str, Any], float | None]:
-    """The stored (command type, params, duration seconds) of a valid Command, or 400."""
+def plan(cmd: CommandRequest) -> tuple[str, dict[str, Any], Decimal | None]:
+    """The stored (command type, params, exact duration seconds) of a valid Command, or 400."""
     given = [f for f in PARAM_FIELDS if getattr(cmd, f) is not None]
     if len(given) > 1:
         raise invalid(f"only one of {', '.join(PARAM_FIELDS)} may be set")
@@ -239,7 +239,7 @@ def plan(cmd: CommandRequest) -> tuple[str, dict[str, Any], float | None]:
     return kind, params, _seconds(cmd.duration)
 
 
-def _seconds(duration: str | None) -> float | None:
+def _seconds(duration: str | None) -> Decimal | None:
     if duration is None:
         return None
     match = DURATION.fullmatch(duration)
@@ -248,7 +248,7 @@ def _seconds(duration: str | None) -> float | None:
     value = Decimal(match.group(1) + (match.group(2) or ""))
     if value > MAX_DURATION_S:
         raise invalid(f"duration: at most {MAX_DURATION_S}s")
-    return float(value)
+    return value
 
 
 def operation(row: Any) -> dict[str, Any]:
@@ -256,7 +256,7 @@ def operation(row: Any) -> dict[str, Any]:
     e, d = row["aos_enterprise"], row["aos_device"]
     meta: dict[str, Any] = {"@type": COMMAND_TYPE, "type": row["command"],
                             "createTime": iso(row["created_at"]),
-                            "duration": f"{row['duration_s']}s"}
+                            "duration": duration_text(row["duration_s"], row["duration_nanos"])}
     user = row["user_name"] or (f"enterprises/{e}/users/{row['mdm_user']}"
                                 if row["mdm_user"] else None)
     if user:
@@ -281,6 +281,13 @@ def operation(row: Any) -> dict[str, Any]:
     if error is not None:
         op["error"] = error
     return op
+
+
+def duration_text(seconds: int, nanos: int) -> str:
+    """A google.protobuf.Duration in JSON: ``"600s"``, ``"3.5s"``."""
+    if not nanos:
+        return f"{seconds}s"
+    return f"{seconds}.{nanos:09d}".rstrip("0") + "s"
 
 
 def _final_ack(results: list[Any]) -> dict[str, Any]:

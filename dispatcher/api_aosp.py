@@ -10,6 +10,7 @@ right after creating it never misses.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any, Literal
 
 from aiohttp import web
@@ -106,7 +107,7 @@ class CommandRecord(BaseModel):
     deliveryExpiresAt: str | Absent = None
     sentAt: str | Absent = None
     expiresAt: str
-    duration: int
+    duration: float = Field(description="seconds of validity, fractions kept (3.5)")
     errorType: str | Absent = None
     errorMessage: str | Absent = None
     updatedAt: str
@@ -152,11 +153,16 @@ def record(row: Any) -> dict[str, Any]:
         "status": row["status"], "results": redact(row["results"] or []),
         "resultsDropped": row["results_dropped"] or None,
         "deliveryExpiresAt": iso(row["delivery_expires_at"]), "sentAt": iso(row["sent_at"]),
-        "expiresAt": iso(row["expires_at"]), "duration": row["duration_s"],
+        "expiresAt": iso(row["expires_at"]),
+        "duration": _seconds(row["duration_s"], row["duration_nanos"]),
         "errorType": row["error_type"], "errorMessage": row["error_message"],
         "updatedAt": iso(row["updated_at"]), "createdAt": iso(row["created_at"]),
     }
     return {key: value for key, value in full.items() if value is not None}
+
+
+def _seconds(seconds: int, nanos: int) -> int | float:
+    return seconds if not nanos else float(Decimal(seconds) + Decimal(nanos) / 10**9)
 
 
 def _scope(request: web.Request, permission: str) -> tuple[str, str]:

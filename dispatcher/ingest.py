@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,8 @@ class NewCommand:
     created_at: datetime
     source: str = "kafka"
     user_name: str | None = None
+    duration_nanos: int = 0
+    """The fraction of a second of the validity (``duration_s`` is the whole seconds)."""
 
 
 def new_command(
@@ -51,10 +54,14 @@ def new_command(
     box: SecretBox,
     source: str = "kafka",
     user_name: str | None = None,
+    exact_duration: Decimal | None = None,
 ) -> NewCommand:
-    """Decide the stored form of a command-created event."""
+    """Decide the stored form of a command-created event (``exact_duration``: the
+    duration as given in decimal, when the caller has it; else the event's)."""
     created_at = event.createdAt or seen_at
-    duration = lifecycle.effective_duration(event.duration, default_duration_s)
+    duration = lifecycle.effective_duration(
+        exact_duration if exact_duration is not None else event.duration, default_duration_s)
+    seconds, nanos = lifecycle.split_duration(duration)
     expires_at = lifecycle.deadline(created_at, duration)
     public, secret = split(event.params)
     return NewCommand(
@@ -67,7 +74,8 @@ def new_command(
         params=public,
         secret=box.seal(secret),
         status=lifecycle.initial_status(expires_at, datetime.now(UTC)),
-        duration_s=duration,
+        duration_s=seconds,
+        duration_nanos=nanos,
         expires_at=expires_at,
         created_at=created_at,
         source=source,
@@ -109,6 +117,7 @@ async def store_commands(
         [c.created_at for c in commands],
         [c.source for c in commands],
         [c.user_name for c in commands],
+        [c.duration_nanos for c in commands],
     )
     fx.moved([dict(r, previous=None) for r in rows])
     if any(r["status"] == Status.PENDING for r in rows):

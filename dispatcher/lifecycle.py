@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 
@@ -99,16 +100,30 @@ def allowed(current: Status | None, target: Status) -> bool:
     return current is Status.PENDING and target is Status.RECEIVED
 
 
-def effective_duration(duration_s: float | None, default_s: int) -> int:
-    """Seconds of validity: absent or 0 means the default."""
+NANOSECOND = Decimal("1e-9")
+
+
+def effective_duration(duration_s: float | Decimal | None, default_s: int) -> Decimal:
+    """Seconds of validity, fractions kept to the nanosecond: absent or 0 means the default.
+
+    A float is read as its shortest decimal form (``3.5`` is 3.5 s, ``0.1`` is 0.1 s).
+    """
     if not duration_s:
-        return default_s
-    return max(1, int(duration_s))
+        return Decimal(default_s)
+    value = Decimal(repr(duration_s)) if isinstance(duration_s, float) else Decimal(duration_s)
+    return max(value.quantize(NANOSECOND), NANOSECOND)
 
 
-def deadline(created_at: datetime, duration_s: int) -> datetime:
-    """When a command created at ``created_at`` with ``duration_s`` of validity expires."""
-    return created_at + timedelta(seconds=duration_s)
+def split_duration(duration_s: Decimal) -> tuple[int, int]:
+    """Whole seconds and nanoseconds (google.protobuf.Duration's fields)."""
+    seconds = int(duration_s)
+    return seconds, int((duration_s - seconds) / NANOSECOND)
+
+
+def deadline(created_at: datetime, duration_s: Decimal | int) -> datetime:
+    """When a command created at ``created_at`` with ``duration_s`` of validity expires
+    (to the microsecond, the resolution of a timestamp)."""
+    return created_at + timedelta(seconds=float(duration_s))
 
 
 def initial_status(expires_at: datetime, now: datetime) -> Status:

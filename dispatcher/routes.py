@@ -21,6 +21,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -320,7 +321,7 @@ def command_id(organization: str, key: str | None) -> str:
 
 
 async def create_command(request: web.Request, device: Any, command: str,
-                         params: dict[str, Any], duration: float | None, source: str,
+                         params: dict[str, Any], duration: Decimal | float | None, source: str,
                          user_name: str | None = None) -> Any:
     """Create a command for a registered device (or find its idempotent twin); its row."""
     rt = runtime(request)
@@ -330,10 +331,12 @@ async def create_command(request: web.Request, device: Any, command: str,
         event = CommandCreated(
             id=cid, organization=device["organization"], aosEnterprise=device["aos_enterprise"],
             aosDevice=device["aos_device"], mdmUser=device["mdm_user"], command=command,
-            params=params, duration=duration)
+            params=params, duration=None if duration is None else float(duration))
     except ValidationError as exc:
         raise invalid(describe(exc)) from exc
+    exact = duration if isinstance(duration, Decimal) else None
     cmd = new_command(event, datetime.now(UTC), rt.settings.default_duration_s, rt.box,
+                      exact_duration=exact,
                       source=source, user_name=user_name)
     fx = Effects()
     async with store.transaction() as conn:

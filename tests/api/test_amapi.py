@@ -92,8 +92,12 @@ async def test_every_command_type_with_its_parameters(service, http, token, regi
         assert op["metadata"]["type"] == kind
         if field is not None:
             assert op["metadata"][field] == body[field]
-    assert (await issue(http, device, token(), {"type": "REBOOT", "duration": "3.5s"})
-            )["metadata"]["duration"] == "3s"
+    for given, answered in (("3.5s", "3.5s"), ("0.000000001s", "0.000000001s"),
+                            ("600.250s", "600.25s"), ("60.0s", "60s")):
+        op = await issue(http, device, token(), {"type": "REBOOT", "duration": given})
+        assert op["metadata"]["duration"] == answered
+        _, got = await call(http, "GET", "/v1/" + op["name"], token())
+        assert got["metadata"]["duration"] == answered
 
 
 async def test_new_password_is_never_answered(service, http, token, register) -> None:

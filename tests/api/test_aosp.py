@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import warnings
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -79,6 +80,16 @@ def nulls(value: Any, where: str = "") -> list[str]:
     if isinstance(value, list):
         return [n for i, v in enumerate(value) for n in nulls(v, f"{where}[{i}]")]
     return []
+
+
+async def test_a_duration_keeps_its_fraction(service, http, token, register) -> None:
+    device = await register(push_token=None)
+    _, body = await call(http, "POST", url(device), token(), {"command": "LOCK",
+                                                              "duration": 2.5})
+    record = body["data"]
+    assert record["duration"] == 2.5
+    created = datetime.fromisoformat(record["createdAt"])
+    assert datetime.fromisoformat(record["expiresAt"]) - created == timedelta(seconds=2.5)
 
 
 async def test_fields_without_a_value_are_omitted_not_null(

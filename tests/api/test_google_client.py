@@ -62,10 +62,10 @@ async def _issue_get_list_cancel(client: Any, name: str, user: str) -> None:
     devices = client.enterprises().devices()
     operations = devices.operations()
 
-    op = await run(devices.issueCommand(name=name, body={"type": "LOCK", "duration": "600s"}))
+    op = await run(devices.issueCommand(name=name, body={"type": "LOCK", "duration": "3.5s"}))
     assert op["name"].startswith(name + "/operations/")
     meta = op["metadata"]
-    assert (meta["@type"], meta["type"], meta["duration"]) == (COMMAND_TYPE, "LOCK", "600s")
+    assert (meta["@type"], meta["type"], meta["duration"]) == (COMMAND_TYPE, "LOCK", "3.5s")
     assert meta["userName"] == f"enterprises/{ENTERPRISE}/users/{user}"
     assert op["done"] is False
     assert await run(operations.get(name=op["name"])) == op

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -72,8 +73,19 @@ def test_duration_absent_or_zero_means_default(duration: float | None, default: 
     if not duration:
         assert got == default
     else:
-        assert got >= 1
-        assert got == max(1, int(duration))
+        assert abs(got - Decimal(repr(duration))) <= Decimal("5e-10")  # fractions kept
+        seconds, nanos = lifecycle.split_duration(got)
+        assert Decimal(seconds) + Decimal(nanos) / 10**9 == got
+        assert 0 <= nanos < 10**9
+
+
+def test_fractions_of_a_second_are_kept() -> None:
+    assert lifecycle.effective_duration(3.5, 600) == Decimal("3.5")
+    assert lifecycle.split_duration(lifecycle.effective_duration(0.1, 600)) == (0, 100_000_000)
+    assert lifecycle.split_duration(
+        lifecycle.effective_duration(Decimal("12.000000001"), 600)) == (12, 1)
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    assert lifecycle.deadline(created, Decimal("3.5")) - created == timedelta(seconds=3.5)
 
 
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),

@@ -61,7 +61,8 @@ class _Plan:
     keys: list[int]
     steps: list[_Step]
     known: set[int] = field(default_factory=set)
-    appended: bool = False
+    added: list[str] = field(default_factory=list)
+    """The compact JSON of the entries appended to ``results`` by this batch."""
 
     @property
     def current(self) -> _Step:
@@ -79,11 +80,19 @@ class _Plan:
                    keys, [_Step(status, status)], known=set(keys))
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def fingerprint(entry: dict[str, Any]) -> int:
     """A 64-bit hash of a ``results`` entry (the same ack gives the same entry)."""
-    text = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _keyed(entry)[0]
+
+
+def _keyed(entry: dict[str, Any]) -> tuple[int, str]:
+    """The fingerprint of an entry and its canonical JSON (reused to write it)."""
+    text = _CANONICAL.encode(entry)
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return int.from_bytes(digest, "big", signed=True), text
 
 
 def cap_results(results: list[Any], dropped: int, most: int = RESULTS_MAX,
@@ -167,14 +176,14 @@ def _log_ack(ack: DeviceAck, plan: _Plan | None, outcome: str) -> None:
 def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> str:
     """Plan one ack's effect; return its outcome (``ok``, ``duplicate``, ``no_change``)."""
     entry = result_entry(ack, source)
-    key = fingerprint(entry)
+    key, text = _keyed(entry)
     if key in plan.known:
         fx.accept(source, "duplicate")
         return "duplicate"
     plan.known.add(key)
     plan.keys.append(key)
     plan.results.append(entry)
-    plan.appended = True
+    plan.added.append(text)
     step = plan.current
     target = on_ack(step.status, ack.status)
     if target is None:
@@ -194,7 +203,8 @@ def _plan_ack(plan: _Plan, ack: DeviceAck, source: Source, fx: Effects) -> str:
 def _stored(plan: _Plan) -> tuple[str, int, str]:
     """The capped results (JSON), dropped count and fingerprints (array literal) to write."""
     results, dropped = plan.results, plan.dropped
-    text = _compact(results)
+    stored = results[:len(results) - len(plan.added)]
+    text = "[" + ",".join([*map(_compact, stored), *plan.added]) + "]"
     if len(results) > RESULTS_MAX or len(text.encode()) > RESULTS_MAX_BYTES:
         results, dropped = cap_results(results, dropped)
         text = _compact(results)
@@ -214,7 +224,7 @@ async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects)
             if len(plan.steps) <= round_:
                 continue
             step = plan.steps[round_]
-            stored = _stored(plan) if round_ == 0 and plan.appended else None
+            stored = _stored(plan) if round_ == 0 and plan.added else None
             if stored is not None or step.status != step.expected:
                 batch.append((cid, step, stored))
         if not batch:

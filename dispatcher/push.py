@@ -474,7 +474,8 @@ class Pusher:
                 # The provider's Retry-After is a floor for this push and a pause for all.
                 delay = max(delay, exc.retry_after_s)
                 self.paused_until = max(self.paused_until, time.monotonic() + exc.retry_after_s)
-            log.warning("push failed, will retry", extra={**extra, "retry_in_s": round(delay, 2)})
+            log.warning("push failed, will retry", extra={**extra, "error": str(exc),
+                                                          "retry_in_s": round(delay, 2)})
             await self._record("push_retry", row["id"], delay)
             return
         # The provider's text is for operators only: the tenant sees a fixed message.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import re
 import secrets
 import time
@@ -349,7 +350,9 @@ class InfoFailedPushy(TrackingPushy):
 
 @pytest.mark.parametrize("fake", [TrackingPushy, InfoFailedPushy], ids=["400", "200-failed"])
 async def test_invalid_token_ends_the_command_in_error(
-        fresh: Settings, kafka: Kafka, db: asyncpg.Connection, fake: type[TrackingPushy]) -> None:
+        fresh: Settings, kafka: Kafka, db: asyncpg.Connection, fake: type[TrackingPushy],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dispatcher.push")
     pushy = fake()
     pushy.url = await pushy.start()  # type: ignore[attr-defined]
     device, good = hex24(), hex24()
@@ -383,6 +386,11 @@ async def test_invalid_token_ends_the_command_in_error(
     assert events[0]["errorType"] == "INVALID_TOKEN"
     assert events[0]["previousStatus"] == "PENDING"
     assert events[0]["errorMessage"] == row["error_message"]
+    logged = [getattr(r, "error", "") for r in caplog.records
+              if r.getMessage() == "push rejected permanently"]
+    assert logged
+    if fake is TrackingPushy:  # Pushy's own words are for the operator's logs
+        assert any("None of the recipients" in text for text in logged), logged
 
 
 async def _status_events(kafka: Kafka, command_id: str, status: str) -> list[dict[str, Any]]:

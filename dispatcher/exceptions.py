@@ -58,3 +58,15 @@ class PushError(DispatcherError):
         self.retriable = retriable
         self.retry_after_s = retry_after_s
         self.outcome = outcome
+
+
+class SecretRefused(DispatcherError):
+    """A command's secret cannot go into its push; the command ends ERROR with ``error_type``."""
+
+    error_type = "SECRET_REFUSED"
+
+
+class SecretUnreadable(SecretRefused):
+    """The command's secret cannot be decrypted with the configured DISPATCHER_SECRET_KEYS."""
+
+    error_type = "SECRET_UNREADABLE"

@@ -26,7 +26,7 @@ from dispatcher.store import QUERIES
 
 @dataclass(frozen=True, slots=True)
 class NewCommand:
-    """A command ready to insert: secrets already split out and sealed."""
+    """A command ready to insert: secrets masked in ``params``, sealed in ``secret``."""
 
     id: str
     organization: str
@@ -56,7 +56,7 @@ def new_command(
     created_at = event.createdAt or seen_at
     duration = lifecycle.effective_duration(event.duration, default_duration_s)
     expires_at = lifecycle.deadline(created_at, duration)
-    public, secret = split(event.params)
+    public, secrets = split(event.params)
     return NewCommand(
         id=event.id,
         organization=event.organization,
@@ -65,7 +65,7 @@ def new_command(
         mdm_user=event.mdmUser,
         command=event.command.value,
         params=public,
-        secret=box.seal(secret),
+        secret=box.seal(event.id, secrets),
         status=lifecycle.initial_status(expires_at, datetime.now(UTC)),
         duration_s=duration,
         expires_at=expires_at,

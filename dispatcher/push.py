@@ -33,10 +33,15 @@ import aiohttp
 
 from dispatcher.aio import sleep_unless, wait_any
 from dispatcher.config import Settings
-from dispatcher.exceptions import PushError, StoreUnavailable
+from dispatcher.exceptions import (
+    PushError,
+    SecretRefused,
+    SecretUnreadable,
+    StoreUnavailable,
+)
 from dispatcher.lifecycle import backoff_s, retry_delay_s
 from dispatcher.metrics import Metrics
-from dispatcher.secretbox import SecretBox
+from dispatcher.secretbox import SecretBox, reveal
 from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -398,10 +403,16 @@ class Pusher:
         self.inflight.discard(task)
 
     def _request(self, row: Any) -> PushRequest:
+        """The push of a claimed row, its secrets put back.
+
+        Raises SecretRefused when the secret cannot go: it is never pushed without it.
+        """
         ttl = int((row["expires_at"] - datetime.now(UTC)).total_seconds())
-        params = {**row["params"], **self.box.open(row["secret"])}
-        data = {"commandId": row["id"], "command": row["command"], "params": params,
-                "expiresAt": row["expires_at"].isoformat().replace("+00:00", "Z")}
+        data: dict[str, Any] = {"commandId": row["id"], "command": row["command"],
+                                "params": row["params"],
+                                "expiresAt": row["expires_at"].isoformat().replace("+00:00", "Z")}
+        if row["secret"] is not None:
+            data["params"] = reveal(row["params"], self.box.open(row["id"], row["secret"]))
         return PushRequest(row["id"], row["push_token"], data, max(ttl, 1))
 
     async def _push(self, row: Any) -> None:
@@ -428,7 +439,11 @@ class Pusher:
                           extra={"command_id": row["id"], "device_id": row["aos_device"]})
 
     async def _send(self, row: Any) -> None:
-        request = self._request(row)
+        try:
+            request = self._request(row)
+        except SecretRefused as exc:
+            await self._refuse(row, exc)
+            return
         started = time.monotonic()
         try:
             push_id = await self.provider.send(request)
@@ -475,7 +490,21 @@ class Pusher:
             await self._record("push_retry", row["id"], delay)
             return
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
-        moved = await self._record("push_rejected", row["id"], exc.error_type, str(exc)[:500])
+        await self._end_in_error(row, exc.error_type, str(exc))
+
+    async def _refuse(self, row: Any, exc: SecretRefused) -> None:
+        """A push whose secret cannot go: ERROR, never sent without it."""
+        if isinstance(exc, SecretUnreadable):
+            self.metrics.secret_unreadable.inc()
+        log.error("push refused: its secret cannot be sent", extra={
+            "command_id": row["id"], "device_id": row["aos_device"],
+            "organization": row["organization"], "error_type": exc.error_type,
+            "error": str(exc), "key_ids": self.box.key_ids})
+        await self._end_in_error(row, exc.error_type, str(exc))
+
+    async def _end_in_error(self, row: Any, error_type: str, message: str) -> None:
+        """End the command ERROR (guarded: a terminal command stays), wake what follows."""
+        moved = await self._record("push_rejected", row["id"], error_type, message[:500])
         self.metrics.transitions(moved)
         if moved and self.outbox_wake is not None:
             self.outbox_wake.set()

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dispatcher.secretbox import redact
 from tests.helpers import ENTERPRISE, Kafka, ack_event, hex24, wait_for
 
 COMMAND_TYPE = "type.googleapis.com/google.android.management.v1.Command"
@@ -86,7 +87,7 @@ async def test_every_command_type_with_its_parameters(service, http, token, regi
         op = await issue(http, device, token(), body)
         assert op["metadata"]["type"] == kind
         if field is not None:
-            assert op["metadata"][field] == body[field]
+            assert op["metadata"][field] == redact(body[field])  # activationCode masked
     assert (await issue(http, device, token(), {"type": "REBOOT", "duration": "3.5s"})
             )["metadata"]["duration"] == "3s"
 

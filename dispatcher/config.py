@@ -76,6 +76,11 @@ class Settings:
         "keys; the first encrypts, every one decrypts (rotation); run: required",
         secret=True,
     )
+    require_sealed_secrets: bool = _var(
+        "DISPATCHER_REQUIRE_SEALED_SECRETS", False,
+        "true: a secret is pushed only sealed to the device's publicKey; a device without one "
+        "gets ERROR NO_DEVICE_KEY",
+    )
     default_duration_s: int = _var(
         "DISPATCHER_DEFAULT_DURATION_S", 600, "command validity when none is given"
     )

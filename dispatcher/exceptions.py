@@ -70,3 +70,9 @@ class SecretUnreadable(SecretRefused):
     """The command's secret cannot be decrypted with the configured DISPATCHER_SECRET_KEYS."""
 
     error_type = "SECRET_UNREADABLE"
+
+
+class NoDeviceKey(SecretRefused):
+    """The device has no publicKey, and DISPATCHER_REQUIRE_SEALED_SECRETS forbids clear secrets."""
+
+    error_type = "NO_DEVICE_KEY"

@@ -31,9 +31,11 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from dispatcher import sealing
 from dispatcher.aio import sleep_unless, wait_any
 from dispatcher.config import Settings
 from dispatcher.exceptions import (
+    NoDeviceKey,
     PushError,
     SecretRefused,
     SecretUnreadable,
@@ -41,7 +43,7 @@ from dispatcher.exceptions import (
 )
 from dispatcher.lifecycle import backoff_s, retry_delay_s
 from dispatcher.metrics import Metrics
-from dispatcher.secretbox import SecretBox, reveal
+from dispatcher.secretbox import SecretBox, reveal, strip
 from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -403,7 +405,7 @@ class Pusher:
         self.inflight.discard(task)
 
     def _request(self, row: Any) -> PushRequest:
-        """The push of a claimed row, its secrets put back.
+        """The push of a claimed row, its secrets put back (or sealed to the device's key).
 
         Raises SecretRefused when the secret cannot go: it is never pushed without it.
         """
@@ -412,7 +414,19 @@ class Pusher:
                                 "params": row["params"],
                                 "expiresAt": row["expires_at"].isoformat().replace("+00:00", "Z")}
         if row["secret"] is not None:
-            data["params"] = reveal(row["params"], self.box.open(row["id"], row["secret"]))
+            key = row["public_key"]
+            if key is None and self.settings.require_sealed_secrets:
+                raise NoDeviceKey("the device has no publicKey and "
+                                  "DISPATCHER_REQUIRE_SEALED_SECRETS refuses secrets in clear")
+            secrets = self.box.open(row["id"], row["secret"])
+            if key is None:
+                data["params"] = reveal(row["params"], secrets)
+            else:
+                data["params"] = strip(row["params"], secrets)
+                try:
+                    data["sealed"] = sealing.seal(key, row["id"], secrets)
+                except ValueError as exc:  # validated at ingest: only a key edited in place
+                    raise NoDeviceKey(f"the device's publicKey {exc}") from exc
         return PushRequest(row["id"], row["push_token"], data, max(ttl, 1))
 
     async def _push(self, row: Any) -> None:
@@ -493,7 +507,7 @@ class Pusher:
         await self._end_in_error(row, exc.error_type, str(exc))
 
     async def _refuse(self, row: Any, exc: SecretRefused) -> None:
-        """A push whose secret cannot go: ERROR, never sent without it."""
+        """A push whose secret cannot go (unreadable, or no device key): ERROR, not sent."""
         if isinstance(exc, SecretUnreadable):
             self.metrics.secret_unreadable.inc()
         log.error("push refused: its secret cannot be sent", extra={

@@ -18,14 +18,16 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from dispatcher import auth
+from dispatcher import auth, sealing
 from dispatcher.config import Settings
 from dispatcher.effects import Effects
 from dispatcher.events import CommandCreated
 from dispatcher.ingest import new_command, store_commands
 from dispatcher.logs import JsonFormatter
-from dispatcher.secretbox import SecretBox, generate_keys
+from dispatcher.secretbox import SecretBox, generate_keys, reveal
 from dispatcher.store import Store
 from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import (
@@ -288,3 +290,41 @@ async def test_a_secret_that_cannot_be_decrypted_is_never_pushed(
         assert errors[command["id"]]["errorType"] == "SECRET_UNREADABLE"
         assert errors[command["id"]]["previousStatus"] == "PENDING"
 
+
+def _pem(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+async def test_secrets_are_sealed_to_the_device_key_and_never_go_in_clear(
+        settings: Settings, kafka: Kafka, pushy: FakePushy, db: asyncpg.Connection) -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    on_ec, on_rsa, keyless = hex24(), hex24(), hex24()
+    async with running(settings, pushy, pushy_api_url=pushy.url,  # type: ignore[attr-defined]
+                       require_sealed_secrets=True):
+        await kafka.send_many("devices", [device_event(on_ec, publicKey=_pem(ec_key)),
+                                          device_event(on_rsa, publicKey=_pem(rsa_key)),
+                                          device_event(keyless)])
+        card, password, refused = esim(on_ec), reset(on_rsa), reset(keyless)
+        lock = command_event(keyless, command="LOCK")
+        await kafka.send_many("commands.created", [card, password, refused, lock])
+        for command, private in ((card, ec_key), (password, rsa_key)):
+            push = await wait_for(lambda c=command: _push_of(pushy, c["id"]), what="a push")
+            assert CODE not in json.dumps(push.data)
+            assert PASSWORD not in json.dumps(push.data)
+            opened = sealing.open_sealed(private, command["id"], push.data["sealed"])
+            secrets_ = [(tuple(s["path"]), s["value"]) for s in opened]
+            assert reveal(push.data["params"], secrets_) == command["params"]
+        assert card["params"]["addEsimParams"]["activationCode"] == CODE
+        assert push.data["params"] == {"lockNow": True}  # RSA: the password only sealed
+        assert push.data["sealed"]["alg"] == sealing.RSA_ALG
+
+        async def refused_ended() -> asyncpg.Record | None:
+            stored = await _status(db, refused["id"])
+            return stored if stored is not None and stored["status"] == "ERROR" else None
+
+        stored = await wait_for(refused_ended, what="the keyless device's secret refused")
+        assert (stored["error_type"], stored["secret"]) == ("NO_DEVICE_KEY", None)
+        await wait_for(lambda: _push_of(pushy, lock["id"]), what="a command without a secret")
+    assert refused["id"] not in {r.data.get("commandId") for r in pushy.requests}

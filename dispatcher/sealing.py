@@ -53,7 +53,7 @@ def load_device_key(pem: str) -> DeviceKey:
     return _load(pem)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)  # at most 8 MB of PEM text; typically 0.5 MB
 def _load(pem: str) -> DeviceKey:
     try:
         key = serialization.load_pem_public_key(pem.encode())

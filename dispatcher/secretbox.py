@@ -194,6 +194,13 @@ def generate_keys(kid: str = "k1") -> str:
     return f"{kid}:{base64.b64encode(os.urandom(32)).decode()}"
 
 
+def _secrets(plain: bytes) -> list[Secret]:
+    try:
+        return [(tuple(path), value) for path, value in json.loads(plain)]
+    except (ValueError, TypeError) as exc:
+        raise SecretUnreadable("a decrypted secret that is not a list of [path, value]") from exc
+
+
 def _aad(kid: str, command_id: str) -> bytes:
     return f"v1:{kid}:{command_id}".encode()
 
@@ -238,7 +245,7 @@ class SecretBox:
                 except InvalidTag:
                     pass
                 else:
-                    return [(tuple(path), value) for path, value in json.loads(plain)]
+                    return _secrets(plain)
         legacy = self._open_legacy(sealed)
         if legacy is not None:
             return legacy
@@ -252,7 +259,10 @@ class SecretBox:
             plain = aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], b"dispatcher")
         except InvalidTag:
             return None
-        return [((name,), value) for name, value in json.loads(plain).items()]
+        try:
+            return [((name,), value) for name, value in json.loads(plain).items()]
+        except (ValueError, AttributeError) as exc:
+            raise SecretUnreadable("a legacy secret that is not a JSON object") from exc
 
     def _why(self, sealed: bytes) -> str:
         if not sealed.startswith(_VERSION):

@@ -76,6 +76,11 @@ def test_a_secret_that_does_not_decrypt_is_an_error_never_nothing() -> None:
         box.open(CMD, sealed[:-1] + bytes([sealed[-1] ^ 1]))
     with pytest.raises(SecretUnreadable):
         box.open(CMD, b"garbage")
+    key = bytes(32)
+    forged = os.urandom(12)  # authentic under the key, but not a list of [path, value]
+    forged += AESGCM(key).encrypt(forged, b'{"newPassword": "x"}', b"v1:z:" + CMD.encode())
+    with pytest.raises(SecretUnreadable):
+        SecretBox([("z", key)]).open(CMD, b"v1:z:" + forged)
 
 
 def test_a_ciphertext_is_bound_to_its_command_and_its_key_id() -> None:

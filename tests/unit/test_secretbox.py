@@ -176,3 +176,10 @@ def test_dev_generates_its_keys_once(tmp_path: Path) -> None:
     assert (tmp_path / "secret_keys").stat().st_mode & 0o077 == 0
     given = generate_keys("mine")
     assert dev_secret_keys(Settings(dev_dir=str(tmp_path), secret_keys=given)) == given
+
+
+def test_keys_never_show_in_the_settings_logged_at_start() -> None:
+    keys = generate_keys("k1")
+    shown = str(Settings.from_env({"DISPATCHER_SECRET_KEYS": keys}).redacted())
+    assert keys.split(":", 1)[1] not in shown
+    assert "'secret_keys': '<set>'" in shown

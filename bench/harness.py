@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from dispatcher.config import Settings
 from dispatcher.kafka import ensure_topics
+from dispatcher.secretbox import generate_keys
 from dispatcher.store import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +199,9 @@ class Harness:
                 "DISPATCHER_KAFKA_SESSION_TIMEOUT_MS": "6000",
                 "DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
                 "DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-                "DISPATCHER_CONSUMER_GROUP": f"dispatcher-{prefix}", **env}
+                "DISPATCHER_CONSUMER_GROUP": f"dispatcher-{prefix}",
+                "DISPATCHER_SECRET_KEYS": os.environ.get("DISPATCHER_SECRET_KEYS")
+                or generate_keys("bench1"), **env}
         proc = subprocess.Popen([str(Path(sys.executable).parent / "dispatcher"), "run"],
                                 env=full, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         return Service(proc, f"http://127.0.0.1:{port}", log)

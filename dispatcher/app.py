@@ -128,10 +128,7 @@ async def serve(settings: Settings, provider: Provider | None = None,
                 rt: Runtime | None = None) -> None:
     """Run the whole service until SIGTERM/SIGINT (or ``rt.stop``)."""
     if rt is None:
-        rt = Runtime(settings, Metrics(), SecretBox(settings.secret_key or settings.jwt_secret))
-    if rt.box.uses_fallback_key:
-        log.warning("DISPATCHER_SECRET_KEY is not set: command secrets are encrypted with a "
-                    "built-in key")
+        rt = Runtime(settings, Metrics(), SecretBox(settings.secret_keys))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -78,6 +78,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
     from dispatcher.app import serve
 
     settings.require_servers()
+    settings.require_secret_keys()
     logs.setup(settings.log_level, settings.log_format)
     run_async(serve(settings))
 
@@ -120,6 +121,20 @@ def dev_jwt_secret(settings: Settings) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev_secret_keys(settings: Settings) -> str:
+    """The configured DISPATCHER_SECRET_KEYS, else the one `dispatcher dev` keeps under .dev/."""
+    if settings.secret_keys:
+        return settings.secret_keys
+    from dispatcher.secretbox import generate_keys
+
+    path = Path(settings.dev_dir) / "secret_keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(generate_keys("dev1"))
     return path.read_text().strip()
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.exceptions import ConfigError
+from dispatcher.secretbox import KEYS_VARIABLE, parse_keys
 
 
 def _var(name: str, default: Any, doc: str, secret: bool = False) -> Any:
@@ -69,10 +70,16 @@ class Settings:
     jwt_public_key: str = _var(
         "DISPATCHER_JWT_PUBLIC_KEY", "", "PEM public key to accept RS256 bearer tokens (optional)"
     )
-    secret_key: str = _var(
-        "DISPATCHER_SECRET_KEY", "",
-        "key that encrypts command secrets at rest (any string; dev: derived from the JWT secret)",
+    secret_keys: str = _var(
+        "DISPATCHER_SECRET_KEYS", "",
+        "keys that encrypt command secrets at rest: kid:base64key[,kid:base64key...], 32-byte "
+        "keys; the first encrypts, every one decrypts (rotation); run: required",
         secret=True,
+    )
+    require_sealed_secrets: bool = _var(
+        "DISPATCHER_REQUIRE_SEALED_SECRETS", False,
+        "true: a secret is pushed only sealed to the device's publicKey; a device without one "
+        "gets ERROR NO_DEVICE_KEY",
     )
     default_duration_s: int = _var(
         "DISPATCHER_DEFAULT_DURATION_S", 600, "command validity when none is given"
@@ -170,7 +177,15 @@ class Settings:
             raise ConfigError("DISPATCHER_EXPIRY_INTERVAL_S must be positive")
         if self.log_format not in ("json", "text"):
             raise ConfigError("DISPATCHER_LOG_FORMAT must be 'json' or 'text'")
+        if self.secret_keys:
+            parse_keys(self.secret_keys)
         self._validate_kafka_security()
+
+    def require_secret_keys(self) -> None:
+        """`dispatcher run` needs the keys of command secrets: no built-in or derived key."""
+        if not self.secret_keys.strip():
+            raise ConfigError(f"{KEYS_VARIABLE} is required: kid:base64key with a 32-byte key, "
+                              "e.g. k1:$(openssl rand -base64 32)")
 
     def _validate_kafka_security(self) -> None:
         protocol = self.kafka_security_protocol

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from dispatcher import safejson
+from dispatcher import safejson, sealing
 from dispatcher.exceptions import InvalidEvent
 from dispatcher.lifecycle import MAX_DURATION_S, AckStatus, CommandType, Status
 
@@ -71,12 +71,19 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _device_key(value: str) -> str:
+    sealing.load_device_key(value)  # ValueError says why it is not acceptable
+    return value
+
+
 HexId = Annotated[str, StringConstraints(pattern=r"^[a-fA-F0-9]{24}$")]
 Text = Annotated[str, StringConstraints(max_length=TEXT_MAX), AfterValidator(_no_nul)]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_no_nul)]
 Time = Annotated[datetime, AfterValidator(_utc)]
 Params = Annotated[dict[str, Any], _bounded_object(PARAMS_MAX_BYTES)]
 AckData = Annotated[dict[str, Any], _bounded_object(ACK_DATA_MAX_BYTES)]
+DevicePublicKey = Annotated[
+    str, StringConstraints(max_length=sealing.PEM_MAX_CHARS), AfterValidator(_device_key)]
 
 
 class _In(BaseModel):
@@ -114,6 +121,11 @@ class DeviceState(_In):
     pushToken: Token | None = None
     state: Annotated[str, StringConstraints(pattern=r"^(ACTIVE|DISENROLLED)$")]
     updatedAt: Time | None = None
+    publicKey: DevicePublicKey | None = Field(
+        default=None, description="PEM public key (RSA >= 2048 bits or EC P-256): secrets in a "
+        "push to this device are sealed to it (docs/sealed-secrets.md)")
+    pushProvider: Literal["pushy", "fcm"] | None = Field(
+        default=None, description="accepted for the contract; not used yet (one provider)")
 
 
 class DeviceAck(_In):

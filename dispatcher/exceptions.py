@@ -79,3 +79,20 @@ class PushError(DispatcherError):
     def public_message(self) -> str:
         """The fixed message of :attr:`error_type`, never the provider's text."""
         return PUSH_ERROR_MESSAGES.get(self.error_type, "The push could not be delivered")
+
+class SecretRefused(DispatcherError):
+    """A command's secret cannot go into its push; the command ends ERROR with ``error_type``."""
+
+    error_type = "SECRET_REFUSED"
+
+
+class SecretUnreadable(SecretRefused):
+    """The command's secret cannot be decrypted with the configured DISPATCHER_SECRET_KEYS."""
+
+    error_type = "SECRET_UNREADABLE"
+
+
+class NoDeviceKey(SecretRefused):
+    """The device has no publicKey, and DISPATCHER_REQUIRE_SEALED_SECRETS forbids clear secrets."""
+
+    error_type = "NO_DEVICE_KEY"

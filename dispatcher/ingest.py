@@ -27,7 +27,7 @@ from dispatcher.store import QUERIES
 
 @dataclass(frozen=True, slots=True)
 class NewCommand:
-    """A command ready to insert: secrets already split out and sealed."""
+    """A command ready to insert: secrets masked in ``params``, sealed in ``secret``."""
 
     id: str
     organization: str
@@ -63,7 +63,7 @@ def new_command(
         exact_duration if exact_duration is not None else event.duration, default_duration_s)
     seconds, nanos = lifecycle.split_duration(duration)
     expires_at = lifecycle.deadline(created_at, duration)
-    public, secret = split(event.params)
+    public, secrets = split(event.params)
     return NewCommand(
         id=event.id,
         organization=event.organization,
@@ -72,7 +72,7 @@ def new_command(
         mdm_user=event.mdmUser,
         command=event.command.value,
         params=public,
-        secret=box.seal(secret),
+        secret=box.seal(event.id, secrets),
         status=lifecycle.initial_status(expires_at, datetime.now(UTC)),
         duration_s=seconds,
         duration_nanos=nanos,
@@ -169,6 +169,7 @@ async def apply_devices(
         [e.pushToken for e, _ in events],
         [e.state for e, _ in events],
         [at for _, at in events],
+        [e.publicKey for e, _ in events],
     )
     gone = [r["aos_device"] for r in rows if r["state"] == "DISENROLLED"]
     if gone:

@@ -126,6 +126,11 @@ class Metrics:
             "dispatcher_status_outbox_oldest_age_seconds",
             "Age of the oldest status event waiting to be relayed (0: none waiting)", registry=r,
         )
+        self.secret_unreadable = Counter(
+            "dispatcher_secret_unreadable_total",
+            "Pushes refused because the command's secret does not decrypt with the configured "
+            "keys (the command ends ERROR SECRET_UNREADABLE)", registry=r,
+        )
         self.build = Info("dispatcher_build", "Version of the running dispatcher", registry=r)
         self.build.info({"version": _version()})
 

@@ -32,12 +32,19 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from dispatcher import sealing
 from dispatcher.aio import sleep_unless, wait_any
 from dispatcher.config import Settings
-from dispatcher.exceptions import PushError, StoreUnavailable
+from dispatcher.exceptions import (
+    NoDeviceKey,
+    PushError,
+    SecretRefused,
+    SecretUnreadable,
+    StoreUnavailable,
+)
 from dispatcher.lifecycle import backoff_s, retry_delay_s
 from dispatcher.metrics import Metrics
-from dispatcher.secretbox import SecretBox
+from dispatcher.secretbox import SecretBox, reveal, strip
 from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -401,10 +408,28 @@ class Pusher:
         self.inflight.discard(task)
 
     def _request(self, row: Any) -> PushRequest:
+        """The push of a claimed row, its secrets put back (or sealed to the device's key).
+
+        Raises SecretRefused when the secret cannot go: it is never pushed without it.
+        """
         ttl = int((row["expires_at"] - datetime.now(UTC)).total_seconds())
-        params = {**row["params"], **self.box.open(row["secret"])}
-        data = {"commandId": row["id"], "command": row["command"], "params": params,
-                "expiresAt": row["expires_at"].isoformat().replace("+00:00", "Z")}
+        data: dict[str, Any] = {"commandId": row["id"], "command": row["command"],
+                                "params": row["params"],
+                                "expiresAt": row["expires_at"].isoformat().replace("+00:00", "Z")}
+        if row["secret"] is not None:
+            key = row["public_key"]
+            if key is None and self.settings.require_sealed_secrets:
+                raise NoDeviceKey("the device has no publicKey and "
+                                  "DISPATCHER_REQUIRE_SEALED_SECRETS refuses secrets in clear")
+            secrets = self.box.open(row["id"], row["secret"])
+            if key is None:
+                data["params"] = reveal(row["params"], secrets)
+            else:
+                data["params"] = strip(row["params"], secrets)
+                try:
+                    data["sealed"] = sealing.seal(key, row["id"], secrets)
+                except ValueError as exc:  # validated at ingest: only a key edited in place
+                    raise NoDeviceKey(f"the device's publicKey {exc}") from exc
         return PushRequest(row["id"], row["push_token"], data, max(ttl, 1))
 
     async def _push(self, row: Any) -> None:
@@ -431,7 +456,11 @@ class Pusher:
                           extra={"command_id": row["id"], "device_id": row["aos_device"]})
 
     async def _send(self, row: Any) -> None:
-        request = self._request(row)
+        try:
+            request = self._request(row)
+        except SecretRefused as exc:
+            await self._refuse(row, exc)
+            return
         started = time.monotonic()
         try:
             push_id = await self.provider.send(request)
@@ -480,8 +509,21 @@ class Pusher:
             return
         # The provider's text is for operators only: the tenant sees a fixed message.
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
-        moved = await self._record("push_rejected", row["id"], exc.error_type,
-                                   exc.public_message)
+        await self._end_in_error(row, exc.error_type, exc.public_message)
+
+    async def _refuse(self, row: Any, exc: SecretRefused) -> None:
+        """A push whose secret cannot go (unreadable, or no device key): ERROR, not sent."""
+        if isinstance(exc, SecretUnreadable):
+            self.metrics.secret_unreadable.inc()
+        log.error("push refused: its secret cannot be sent", extra={
+            "command_id": row["id"], "device_id": row["aos_device"],
+            "organization": row["organization"], "error_type": exc.error_type,
+            "error": str(exc), "key_ids": self.box.key_ids})
+        await self._end_in_error(row, exc.error_type, str(exc))
+
+    async def _end_in_error(self, row: Any, error_type: str, message: str) -> None:
+        """End the command ERROR (guarded: a terminal command stays), wake what follows."""
+        moved = await self._record("push_rejected", row["id"], error_type, message[:500])
         self.metrics.transitions(moved)
         if moved and self.outbox_wake is not None:
             self.outbox_wake.set()

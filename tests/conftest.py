@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from dispatcher.config import Settings
+from dispatcher.secretbox import generate_keys
 from dispatcher.store import migrate
 
 
@@ -115,7 +116,7 @@ def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> Sett
         repush_after_s=0,
         hold_window_s=3.0,
         jwt_secret="test-secret-" + topic_prefix,
-        secret_key="test-key",
+        secret_keys=generate_keys("t1"),
         shutdown_timeout_s=10,
         log_format="text",
     )

@@ -26,7 +26,7 @@ async def running(settings: Settings, pushy: FakePushy | None = None,
     fake = pushy or FakePushy(PUSHY_KEY)
     url = await fake.start() if own_pushy else overrides.pop("pushy_api_url")
     s = dataclasses.replace(settings, pushy_api_url=url, pushy_api_key=PUSHY_KEY, **overrides)
-    rt = Runtime(s, Metrics(), SecretBox(s.secret_key))
+    rt = Runtime(s, Metrics(), SecretBox(s.secret_keys))
     task = asyncio.create_task(serve(s, rt=rt))
     try:
         await wait_for(_consuming(rt, task), timeout=40, what="the service to consume")

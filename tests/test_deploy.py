@@ -285,6 +285,7 @@ def test_compose_dispatchers_can_start() -> None:
             assert env.get(var), f"{name} lacks {var}"
         settings = _settings_from(env)  # every value converts and validates
         settings.require_servers()
+        settings.require_secret_keys()
         assert settings.http_host == "0.0.0.0", name
         assert settings.kafka_enable_idempotence, f"{name}: Apache Kafka supports idempotence"
         groups.add(settings.consumer_group)
@@ -353,6 +354,10 @@ def _k8s(kind: str, name: str) -> dict[str, Any]:
     return next(d for d in _k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
+SECRET_PLACEHOLDERS = {"DISPATCHER_SECRET_KEYS": "k1:" + "A" * 43 + "="}
+"""Secret values whose format the settings check (a well-formed stand-in)."""
+
+
 def _container_env(container: dict[str, Any]) -> dict[str, str]:
     """The container's variables: config maps resolved, secrets as placeholders."""
     env: dict[str, str] = {}
@@ -363,7 +368,7 @@ def _container_env(container: dict[str, Any]) -> dict[str, str]:
         if ref is not None:
             secret = _k8s("Secret", ref["name"])
             assert ref["key"] in secret["stringData"], ref
-            env[var["name"]] = "secret-placeholder"
+            env[var["name"]] = SECRET_PLACEHOLDERS.get(var["name"], "secret-placeholder")
         else:
             env[var["name"]] = var["value"]
     return env
@@ -382,6 +387,7 @@ def test_k8s_deployment_can_start_and_stop_gracefully() -> None:
         assert env.get(var), f"Deployment lacks {var}"
     settings = _settings_from(env)
     settings.require_servers()
+    settings.require_secret_keys()
     assert settings.kafka_enable_idempotence
     assert pod["terminationGracePeriodSeconds"] > settings.shutdown_timeout_s
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -390,7 +396,7 @@ def test_k8s_deployment_can_start_and_stop_gracefully() -> None:
     assert {"requests", "limits"} <= container["resources"].keys()
     secrets = {v["name"] for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})}
     assert {"DISPATCHER_DATABASE_URL", "DISPATCHER_JWT_SECRET", "DISPATCHER_PUSHY_API_KEY",
-            "DISPATCHER_SECRET_KEY"} <= secrets
+            "DISPATCHER_SECRET_KEYS"} <= secrets
     config = set(_k8s("ConfigMap", "dispatcher-config")["data"])
     assert not config & secrets, "secrets must not sit in the ConfigMap"
 

@@ -53,12 +53,12 @@ def run_dev(settings: Settings) -> None:
 
 
 def _dev_settings(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -> Settings:
-    from dispatcher.cli import dev_jwt_secret
+    from dispatcher.cli import dev_jwt_secret, dev_secret_keys
 
     # the embedded broker joins groups in about half the session timeout: keep it short
     return dataclasses.replace(
         settings, kafka_bootstrap=bootstrap, database_url=dsn,
-        jwt_secret=dev_jwt_secret(settings),
+        jwt_secret=dev_jwt_secret(settings), secret_keys=dev_secret_keys(settings),
         kafka_session_timeout_ms=min(settings.kafka_session_timeout_ms, 6000),
         kafka_rebalance_timeout_ms=min(settings.kafka_rebalance_timeout_ms, 6000),
         kafka_heartbeat_interval_ms=min(settings.kafka_heartbeat_interval_ms, 1000),
@@ -79,7 +79,7 @@ async def _run(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -> N
     pushy_url = await sim.start()
     s = dataclasses.replace(s, push_provider="pushy", pushy_api_url=pushy_url,
                             pushy_api_key=sim.api_key)
-    rt = Runtime(s, Metrics(), SecretBox(s.secret_key or s.jwt_secret))
+    rt = Runtime(s, Metrics(), SecretBox(s.secret_keys))
     service = asyncio.create_task(serve(s, rt=rt))
     try:
         await _announce(rt, s, fleet[0].aos_device, dev_dir)

@@ -9,13 +9,16 @@
 -- one. Keep each key with its statement; test_plans.py asserts the plans.
 
 -- name: upsert_devices
--- Newer registry state wins; an older event (by updatedAt) changes nothing.
-INSERT INTO devices AS d (aos_device, organization, aos_enterprise, mdm_user, push_token, state, updated_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+-- Newer registry state wins; an older event (by updatedAt) changes nothing. The event is
+-- the device's whole state: one without publicKey removes the key.
+INSERT INTO devices AS d (aos_device, organization, aos_enterprise, mdm_user, push_token, state, updated_at,
+                          public_key)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                     $8::text[])
 ON CONFLICT (aos_device) DO UPDATE
 SET organization = EXCLUDED.organization, aos_enterprise = EXCLUDED.aos_enterprise,
     mdm_user = EXCLUDED.mdm_user, push_token = EXCLUDED.push_token,
-    state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
+    state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, public_key = EXCLUDED.public_key
 WHERE d.updated_at <= EXCLUDED.updated_at
 RETURNING aos_device, state, push_token IS NOT NULL AS has_token;
 
@@ -228,6 +231,7 @@ WITH due AS (
 ), candidates AS MATERIALIZED (
     SELECT c.id, c.aos_device, c.created_at, c.seq, c.push_lease_until AS old_lease,
            CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
+           dv.public_key,
            NOT EXISTS (
                SELECT 1 FROM commands o
                WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.pushes >= 0
@@ -257,6 +261,7 @@ WITH due AS (
     RETURNING c.id, c.organization, c.aos_device, c.command,
               CASE WHEN r.chosen THEN c.params END AS params,
               CASE WHEN r.chosen THEN c.secret END AS secret,
+              CASE WHEN r.chosen THEN r.public_key END AS public_key,
               c.status, c.expires_at, c.created_at, c.push_attempts, c.pushes, r.push_token,
               r.old_lease IS NOT NULL AS reclaimed, r.chosen AS claimed
 )
@@ -333,6 +338,8 @@ WHERE status = 'PENDING' AND next_push_at IS NOT NULL AND push_attempts >= 0
 
 -- name: push_rejected
 -- A permanent rejection ends the command in ERROR and lets the device's next command go.
+-- Also a push refused before it is sent: a secret that cannot be decrypted
+-- (SECRET_UNREADABLE) or may not go in clear (NO_DEVICE_KEY) is never pushed without it.
 WITH moved AS (
     UPDATE commands c
     SET status = 'ERROR', updated_at = now(), finished_at = now(), secret = NULL,

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy
 from tests.conftest import PgServer
@@ -121,7 +122,7 @@ async def service(kafka_bootstrap: str, pg_server: PgServer,
         DISPATCHER_EXPIRY_INTERVAL_S="0.2",
         DISPATCHER_HOLD_WINDOW_S="3",
         DISPATCHER_SHUTDOWN_TIMEOUT_S="10",
-        DISPATCHER_SECRET_KEY="acceptance-secret-key",
+        DISPATCHER_SECRET_KEYS=generate_keys("acc1"),
         DISPATCHER_JWT_SECRET="acceptance-jwt-secret",
     )
     with log_path.open("wb") as log_file:

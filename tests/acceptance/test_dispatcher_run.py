@@ -266,3 +266,16 @@ async def test_concurrent_migrate(pg_server: PgServer) -> None:
         await conn.close()
     assert versions == [v for v, _, _ in migration_files()]
     assert tables == 1
+
+
+@pytest.mark.parametrize("keys", [None, "k1:not-32-bytes"])
+async def test_run_refuses_to_start_without_secret_keys(keys: str | None) -> None:
+    env = service_env(DISPATCHER_KAFKA_BOOTSTRAP="127.0.0.1:1",
+                      DISPATCHER_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    if keys is not None:
+        env["DISPATCHER_SECRET_KEYS"] = keys
+    proc = await asyncio.create_subprocess_exec(
+        str(DISPATCHER), "run", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, out
+    assert b"DISPATCHER_SECRET_KEYS" in out

@@ -69,7 +69,8 @@ ALERTS_LIVE = {
     "DispatcherCommandsStuck", "DispatcherExpiryRateHigh", "DispatcherNotReady",
     "DispatcherOutboxBacklogGrowing", "DispatcherReplicaDown", "DispatcherNoReplicaUp",
 }
-ALERTS_PROMTOOL_ONLY = {"DispatcherConsumerLagGrowing", "DispatcherDatabasePoolSaturated"}
+ALERTS_PROMTOOL_ONLY = {"DispatcherConsumerLagGrowing", "DispatcherDatabasePoolSaturated",
+                        "DispatcherSecretUnreadable"}
 
 
 @dataclass

@@ -35,6 +35,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.lifecycle import Status, allowed
+from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.acceptance.conftest import (
@@ -70,6 +71,7 @@ PUSH_LATENCY_S = 0.1
 DEVICE_DELAY_S = 0.3
 """A device answers this long after the provider took its push (as a phone would)."""
 PASSWORD = "Pw-" + secrets.token_hex(8)
+SECRET_KEYS = generate_keys("rep1")
 JWT_SECRET = "replicas-jwt-" + secrets.token_hex(8)
 LEVELS = {"a": "DEBUG", "b": "INFO", "c": "INFO"}
 VICTIM = "c"
@@ -181,7 +183,7 @@ async def cluster(kafka_bootstrap: str, pg_server: PgServer,
         DISPATCHER_KAFKA_SESSION_TIMEOUT_MS="6000", DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS="6000",
         DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS="1000", DISPATCHER_EXPIRY_INTERVAL_S="0.2",
         DISPATCHER_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
-        DISPATCHER_SECRET_KEY="replicas-secret-key", DISPATCHER_JWT_SECRET=JWT_SECRET,
+        DISPATCHER_SECRET_KEYS=SECRET_KEYS, DISPATCHER_JWT_SECRET=JWT_SECRET,
     )
     log_dir = tmp_path_factory.mktemp("replicas")
     replicas = {name: await start_replica(name, env, log_dir, kafka, pushy, dsn)
@@ -416,7 +418,7 @@ def log_lines(svc: Service) -> list[dict[str, Any]]:
 async def test_logs_are_json_with_ids_and_no_secrets(cluster: Cluster) -> None:
     logs = {name: log_lines(svc) for name, svc in cluster.replicas.items()}
     everything = "\n".join(svc.log_path.read_text() for svc in cluster.replicas.values())
-    for secret in (PASSWORD, PUSHY_KEY, JWT_SECRET, "replicas-secret-key"):
+    for secret in (PASSWORD, PUSHY_KEY, JWT_SECRET, SECRET_KEYS.split(":", 1)[1]):
         assert secret not in everything
 
     acks = [line for line in logs["a"] if line["logger"] == "dispatcher.acks"]

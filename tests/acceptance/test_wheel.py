@@ -24,6 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from dispatcher.secretbox import generate_keys
 from dispatcher.store import migration_files
 from dispatcher_dev.devstack import free_port
 from tests.acceptance.conftest import service_env, stop_process
@@ -149,7 +150,7 @@ async def test_migrate_then_run_from_the_wheel_as_a_role_without_ddl(
         DISPATCHER_KAFKA_BOOTSTRAP=kafka_bootstrap, DISPATCHER_DATABASE_URL=runtime_dsn,
         DISPATCHER_AUTO_MIGRATE="false", DISPATCHER_HTTP_PORT=str(port),
         DISPATCHER_TOPIC_PREFIX=f"wheel{secrets.token_hex(3)}.",
-        DISPATCHER_PUSH_PROVIDER="log", DISPATCHER_SECRET_KEY="wheel-test-key",
+        DISPATCHER_PUSH_PROVIDER="log", DISPATCHER_SECRET_KEYS=generate_keys("wheel1"),
         DISPATCHER_KAFKA_SESSION_TIMEOUT_MS="6000", DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS="6000",
         DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS="1000", DISPATCHER_SHUTDOWN_TIMEOUT_S="10")
     started = time.monotonic()
@@ -173,7 +174,7 @@ async def test_run_from_the_wheel_refuses_an_unmigrated_database(
     dsn = await pg_server.create_database(f"wheel_empty_{secrets.token_hex(4)}")
     env = _clean_env(DISPATCHER_KAFKA_BOOTSTRAP=kafka_bootstrap, DISPATCHER_DATABASE_URL=dsn,
                      DISPATCHER_AUTO_MIGRATE="false", DISPATCHER_HTTP_PORT=str(free_port()),
-                     DISPATCHER_PUSH_PROVIDER="log")
+                     DISPATCHER_PUSH_PROVIDER="log", DISPATCHER_SECRET_KEYS=generate_keys())
     refused = await asyncio.to_thread(_run, [installed.dispatcher, "run"],
                                       cwd=installed.workdir, env=env)
     assert refused.returncode == 2, refused.stdout + refused.stderr

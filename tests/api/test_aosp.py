@@ -149,7 +149,7 @@ async def test_secrets_are_pushed_but_never_answered(
                                "params": {"newPassword": secret, "lockNow": True}})
     assert status == 200
     cid = body["data"]["id"]
-    assert body["data"]["params"] == {"lockNow": True}
+    assert body["data"]["params"] == {"newPassword": "***", "lockNow": True}  # masked
     for path in (url(device, tail=f"/{cid}"), url(device)):
         async with http.get(path, headers={"Authorization": token()}) as resp:
             assert secret not in await resp.text()

@@ -32,6 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.lifecycle import Status, allowed
+from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.acceptance.conftest import DISPATCHER, PUSHY_KEY, service_env
@@ -56,7 +57,8 @@ def base_env(bootstrap: str, dsn: str, prefix: str, pushy_url: str,
         "DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
         "DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000", "DISPATCHER_EXPIRY_INTERVAL_S": "0.2",
         "DISPATCHER_HOLD_WINDOW_S": "3", "DISPATCHER_SHUTDOWN_TIMEOUT_S": "10",
-        "DISPATCHER_SECRET_KEY": "faults-secret-key", "DISPATCHER_JWT_SECRET": "faults-jwt-secret",
+        "DISPATCHER_SECRET_KEYS": generate_keys("flt1"),
+        "DISPATCHER_JWT_SECRET": "faults-jwt-secret",
         "DISPATCHER_LOG_LEVEL": "INFO"}
     env.update(extra)
     return service_env(**env)

@@ -19,7 +19,7 @@ from dispatcher.consumer import BatchProcessor
 from dispatcher.deadletter import Source
 from dispatcher.kafka import Producer, ensure_topics
 from dispatcher.metrics import Metrics
-from dispatcher.secretbox import SecretBox
+from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import Store
 from tests.helpers import ack_event, command_event, hex24
 
@@ -30,7 +30,8 @@ async def processor(settings: Settings) -> AsyncIterator[BatchProcessor]:
     store = await Store.connect(settings.database_url)
     producer = Producer(settings)
     await producer.start()
-    yield BatchProcessor(settings, store, producer, Metrics(), SecretBox("k"), lambda fx: None)
+    yield BatchProcessor(settings, store, producer, Metrics(), SecretBox(generate_keys()),
+                         lambda fx: None)
     await producer.stop()
     await store.close()
 

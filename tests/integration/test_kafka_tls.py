@@ -32,7 +32,7 @@ from dispatcher.config import Settings
 from dispatcher.exceptions import BrokerUnavailable
 from dispatcher.kafka import client_security
 from dispatcher.metrics import Metrics
-from dispatcher.secretbox import SecretBox
+from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher_dev.devstack import EmbeddedKafka, free_port
 from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
@@ -122,7 +122,7 @@ async def _not_ready_on_kafka(s: Settings, caplog: pytest.LogCaptureFixture,
                               says: str) -> None:
     """Run the service with ``s``: it keeps running, /readyz 503 names kafka, a log line
     says ``says``."""
-    rt = Runtime(s, Metrics(), SecretBox("k"))
+    rt = Runtime(s, Metrics(), SecretBox(generate_keys()))
     task = asyncio.create_task(serve(s, rt=rt))
     try:
         with caplog.at_level(logging.INFO):

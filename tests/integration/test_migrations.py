@@ -19,7 +19,7 @@ from dispatcher.app import Runtime, connect
 from dispatcher.config import Settings
 from dispatcher.exceptions import SchemaNotMigrated
 from dispatcher.metrics import Metrics
-from dispatcher.secretbox import SecretBox
+from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import MIGRATIONS_DIR, check_migrated, migrate, migration_files, pending
 from tests.conftest import PgServer
 
@@ -48,7 +48,7 @@ async def test_run_without_auto_migrate_refuses_an_unmigrated_database(
     with pytest.raises(SchemaNotMigrated, match="dispatcher migrate"):
         await check_migrated(dsn)
     rt = Runtime(dataclasses.replace(settings, database_url=dsn, auto_migrate=False),
-                 Metrics(), SecretBox("k"))
+                 Metrics(), SecretBox(generate_keys()))
     with pytest.raises(SchemaNotMigrated, match=r"lacks migrations \[1"):
         await connect(rt)
     assert rt.store is None
@@ -77,7 +77,7 @@ async def test_a_role_without_ddl_rights_runs_a_migrated_database(
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await migrate(runtime_dsn)  # what `run` used to do at every start
     rt = Runtime(dataclasses.replace(settings, database_url=runtime_dsn, auto_migrate=False),
-                 Metrics(), SecretBox("k"))
+                 Metrics(), SecretBox(generate_keys()))
     try:
         await connect(rt)
         assert rt.store is not None

@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from dispatcher.push import repeat_bound
+from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy
 from tests.helpers import Kafka, command_event, device_event, hex24, report, wait_for
@@ -97,7 +98,7 @@ async def service(kafka_bootstrap: str, pg_server: Any, pushy: FakePushy,
         "DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
         "DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
         "DISPATCHER_JWT_SECRET": "crash-test-secret",
-        "DISPATCHER_SECRET_KEY": "crash-test-key",
+        "DISPATCHER_SECRET_KEYS": generate_keys("crash1"),
     })
     svc = Service(env, tmp_path / "dispatcher.log")
     try:

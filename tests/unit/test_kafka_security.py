@@ -179,7 +179,7 @@ def test_the_sasl_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> N
     assert PASSWORD not in repr(s)
     assert PASSWORD not in str(s.redacted())
     assert s.redacted()["kafka_sasl_password"] == "<set>"
-    for secret in ("pushy_api_key", "jwt_secret", "secret_key"):
+    for secret in ("pushy_api_key", "jwt_secret", "secret_keys"):
         assert secret in SECRET_FIELDS
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("dispatcher").info("settings", extra={"settings": s.redacted()})

@@ -3,7 +3,10 @@
 HS256 tokens are checked with ``DISPATCHER_JWT_SECRET``; RS256 tokens with
 ``DISPATCHER_JWT_PUBLIC_KEY`` when it is set. The algorithm a token names picks the key,
 and a key is only ever used with its own algorithm (no HS256-with-the-public-key
-confusion). ``exp`` is required.
+confusion). ``exp`` is required. ``DISPATCHER_JWT_AUDIENCE`` and ``DISPATCHER_JWT_ISSUER``,
+when set, make ``aud`` and ``iss`` required and checked; when no audience is set a token's
+``aud`` is not checked (PyJWT would refuse any token that has one).
+``DISPATCHER_JWT_MAX_TTL_S`` refuses tokens that live longer (``exp - iat``) or lack ``iat``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
@@ -51,11 +55,17 @@ class Principal:
 
 
 def mint(secret: str, orgs: Sequence[str], permissions: Sequence[str] = PERMISSIONS,
-         ttl_s: int = 24 * 3600, subject: str = "dev") -> str:
-    """A signed HS256 token for development and tests."""
+         ttl_s: int = 24 * 3600, subject: str = "dev", audience: str = "",
+         issuer: str = "") -> str:
+    """A signed HS256 token for development and tests (``aud``/``iss`` when given)."""
     now = int(time.time())
-    claims = {"sub": subject, "org": list(orgs), "permissions": list(permissions),
-              "iat": now, "exp": now + ttl_s}
+    claims: dict[str, object] = {"sub": subject, "org": list(orgs),
+                                 "permissions": list(permissions), "iat": now,
+                                 "exp": now + ttl_s}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyLengthWarning)
         return jwt.encode(claims, secret, algorithm="HS256")
@@ -81,11 +91,15 @@ def verify(token: str, settings: Settings) -> Principal:
         with warnings.catch_warnings():
             # A short HS256 secret is the operator's choice; it must not fail requests.
             warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-            claims = jwt.decode(token, key, algorithms=[alg], options={"require": ["exp"]})
+            claims = jwt.decode(token, key, algorithms=[alg], options=_options(settings),
+                                audience=settings.jwt_audience or None,
+                                issuer=settings.jwt_issuer or None)
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise AuthError("invalid", "Invalid Token") from exc
     orgs, perms = claims.get("org"), claims.get("permissions", [])
     if not isinstance(orgs, list) or not _strings(orgs) or not _strings(perms):
+        raise AuthError("invalid", "Invalid Token")
+    if not _short_lived(claims, settings.jwt_max_ttl_s):
         raise AuthError("invalid", "Invalid Token")
     return Principal(str(claims.get("sub", "")), frozenset(orgs), frozenset(perms or []))
 
@@ -93,6 +107,27 @@ def verify(token: str, settings: Settings) -> Principal:
 def authenticate(header: str | None, settings: Settings) -> Principal:
     """The principal of an Authorization header, or AuthError."""
     return verify(bearer(header), settings)
+
+
+def _options(settings: Settings) -> Any:  # jwt.types.Options (PyJWT >= 2.10 only)
+    required = ["exp"]
+    if settings.jwt_audience:
+        required.append("aud")
+    if settings.jwt_issuer:
+        required.append("iss")
+    if settings.jwt_max_ttl_s:
+        required.append("iat")
+    return {"require": required, "verify_aud": bool(settings.jwt_audience)}
+
+
+def _short_lived(claims: dict[str, Any], max_ttl_s: int) -> bool:
+    """Whether the token lives at most ``max_ttl_s`` (0: no limit; iat checked by PyJWT)."""
+    if not max_ttl_s:
+        return True
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat)):
+        return False
+    return float(exp) - float(iat) <= max_ttl_s  # type: ignore[arg-type]
 
 
 def _key_for(alg: str, settings: Settings) -> str:

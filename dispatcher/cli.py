@@ -140,7 +140,8 @@ def dev_secret_keys(settings: Settings) -> str:
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     """Print a signed bearer token."""
-    print(auth.mint(dev_jwt_secret(settings), args.org, args.perm or auth.PERMISSIONS, args.ttl))
+    print(auth.mint(dev_jwt_secret(settings), args.org, args.perm or auth.PERMISSIONS, args.ttl,
+                    audience=settings.jwt_audience, issuer=settings.jwt_issuer))
 
 
 def _bootstrap(settings: Settings) -> str:

@@ -21,6 +21,8 @@ def _var(name: str, default: Any, doc: str, secret: bool = False) -> Any:
                  metadata={"env": name, "doc": doc, "secret": secret})
 
 
+JWT_SECRET_MIN_BYTES = 32
+"""RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -69,6 +71,17 @@ class Settings:
                            secret=True)
     jwt_public_key: str = _var(
         "DISPATCHER_JWT_PUBLIC_KEY", "", "PEM public key to accept RS256 bearer tokens (optional)"
+    )
+    jwt_audience: str = _var(
+        "DISPATCHER_JWT_AUDIENCE", "",
+        "when set, a bearer token must carry this aud claim (empty: any aud is accepted)",
+    )
+    jwt_issuer: str = _var(
+        "DISPATCHER_JWT_ISSUER", "", "when set, a bearer token must carry this iss claim"
+    )
+    jwt_max_ttl_s: int = _var(
+        "DISPATCHER_JWT_MAX_TTL_S", 0,
+        "when above 0, a bearer token must carry iat and live at most this long (exp - iat)",
     )
     secret_keys: str = _var(
         "DISPATCHER_SECRET_KEYS", "",
@@ -179,6 +192,12 @@ class Settings:
             raise ConfigError("DISPATCHER_LOG_FORMAT must be 'json' or 'text'")
         if self.secret_keys:
             parse_keys(self.secret_keys)
+        if self.jwt_secret and len(self.jwt_secret.encode()) < JWT_SECRET_MIN_BYTES:
+            raise ConfigError(f"DISPATCHER_JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} "
+                              "bytes (HS256 needs a key as long as its hash), e.g. "
+                              "$(openssl rand -base64 32)")
+        if self.jwt_max_ttl_s < 0:
+            raise ConfigError("DISPATCHER_JWT_MAX_TTL_S must be 0 (no limit) or positive")
         self._validate_kafka_security()
 
     def require_secret_keys(self) -> None:

@@ -115,7 +115,7 @@ def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> Sett
         push_timeout_s=2.0,
         repush_after_s=0,
         hold_window_s=3.0,
-        jwt_secret="test-secret-" + topic_prefix,
+        jwt_secret="test-jwt-secret-of-32-bytes-or-more-" + topic_prefix,
         secret_keys=generate_keys("t1"),
         shutdown_timeout_s=10,
         log_format="text",

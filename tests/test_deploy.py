@@ -354,7 +354,8 @@ def _k8s(kind: str, name: str) -> dict[str, Any]:
     return next(d for d in _k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
-SECRET_PLACEHOLDERS = {"DISPATCHER_SECRET_KEYS": "k1:" + "A" * 43 + "="}
+SECRET_PLACEHOLDERS = {"DISPATCHER_SECRET_KEYS": "k1:" + "A" * 43 + "=",
+                       "DISPATCHER_JWT_SECRET": "j" * 32}
 """Secret values whose format the settings check (a well-formed stand-in)."""
 
 

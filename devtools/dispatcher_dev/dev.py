@@ -102,7 +102,8 @@ async def _announce(rt: Any, s: Settings, device: str, dev_dir: Path) -> None:
     (dev_dir / "stack.json").write_text(json.dumps({
         "kafka": s.kafka_bootstrap, "http": rt.http_url,
         "organization": DEV_ORG, "enterprise": DEV_ENTERPRISE}))
-    token = auth.mint(s.jwt_secret, [DEV_ORG])
+    token = auth.mint(s.jwt_secret, [DEV_ORG], ttl_s=min(24 * 3600, s.jwt_max_ttl_s or 24 * 3600),
+                      audience=s.jwt_audience, issuer=s.jwt_issuer)
     url = (f"{rt.http_url}/v1/organizations/{DEV_ORG}/mdm/aosp/enterprise/devices/"
            f"{device}/commands")
     print(_BANNER.format(http=rt.http_url, kafka=s.kafka_bootstrap, token=token, url=url,

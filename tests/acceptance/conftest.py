@@ -123,7 +123,7 @@ async def service(kafka_bootstrap: str, pg_server: PgServer,
         DISPATCHER_HOLD_WINDOW_S="3",
         DISPATCHER_SHUTDOWN_TIMEOUT_S="10",
         DISPATCHER_SECRET_KEYS=generate_keys("acc1"),
-        DISPATCHER_JWT_SECRET="acceptance-jwt-secret",
+        DISPATCHER_JWT_SECRET="acceptance-jwt-secret-of-32-bytes-or-more",
     )
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(

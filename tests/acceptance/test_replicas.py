@@ -73,7 +73,7 @@ DEVICE_DELAY_S = 0.3
 """A device answers this long after the provider took its push (as a phone would)."""
 PASSWORD = "Pw-" + secrets.token_hex(8)
 SECRET_KEYS = generate_keys("rep1")
-JWT_SECRET = "replicas-jwt-" + secrets.token_hex(8)
+JWT_SECRET = "replicas-jwt-" + secrets.token_hex(16)
 LEVELS = {"a": "DEBUG", "b": "INFO", "c": "INFO"}
 VICTIM = "c"
 STOPPED = "b"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import hmac
 import json
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -88,3 +90,44 @@ def test_headers(header: str | None, kind: str) -> None:
     with pytest.raises(AuthError) as info:
         authenticate(header, Settings(jwt_secret=SECRET))
     assert info.value.kind == kind
+
+
+def test_a_token_with_aud_is_accepted_when_no_audience_is_configured() -> None:
+    token = jwt.encode(claims(aud="https://some-other-api"), SECRET, algorithm="HS256")
+    assert verify(token, Settings(jwt_secret=SECRET)).covers("x")
+
+
+def test_audience_and_issuer_are_required_when_configured() -> None:
+    strict = Settings(jwt_secret=SECRET, jwt_audience="dispatcher", jwt_issuer="https://idp")
+    good = jwt.encode(claims(aud="dispatcher", iss="https://idp"), SECRET, algorithm="HS256")
+    assert verify(good, strict).covers("x")
+    assert verify(mint(SECRET, ["o"], audience="dispatcher", issuer="https://idp"), strict)
+    for bad in (claims(iss="https://idp"), claims(aud="dispatcher"),
+                claims(aud="other", iss="https://idp"), claims(aud="dispatcher", iss="evil")):
+        with pytest.raises(AuthError) as info:
+            verify(jwt.encode(bad, SECRET, algorithm="HS256"), strict)
+        assert info.value.kind == "invalid"
+
+
+def test_dispatcher_token_mints_what_the_settings_accept(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from dispatcher.cli import cmd_token
+
+    s = Settings(jwt_secret=SECRET, jwt_audience="dispatcher", jwt_issuer="https://idp",
+                 jwt_max_ttl_s=600, dev_dir=str(tmp_path))
+    cmd_token(s, argparse.Namespace(org=["o"], perm=None, ttl=600))
+    assert verify(capsys.readouterr().out.strip(), s).covers("o")
+
+
+
+def test_max_ttl_refuses_long_lived_tokens_and_tokens_without_iat() -> None:
+    limited = Settings(jwt_secret=SECRET, jwt_max_ttl_s=3600)
+    now = int(time.time())
+    assert verify(mint(SECRET, ["o"], ttl_s=3600), limited)
+    for bad in (claims(iat=now, exp=now + 3601), claims(exp=now + 60),
+                claims(iat="yesterday", exp=now + 60)):
+        with pytest.raises(AuthError) as info:
+            verify(jwt.encode(bad, SECRET, algorithm="HS256"), limited)
+        assert info.value.kind == "invalid"
+    assert verify(jwt.encode(claims(exp=now + 10 * 86400), SECRET, algorithm="HS256"),
+                  Settings(jwt_secret=SECRET))

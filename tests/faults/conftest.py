@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import time
@@ -58,7 +59,7 @@ def base_env(bootstrap: str, dsn: str, prefix: str, pushy_url: str,
         "DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000", "DISPATCHER_EXPIRY_INTERVAL_S": "0.2",
         "DISPATCHER_HOLD_WINDOW_S": "3", "DISPATCHER_SHUTDOWN_TIMEOUT_S": "10",
         "DISPATCHER_SECRET_KEYS": generate_keys("flt1"),
-        "DISPATCHER_JWT_SECRET": "faults-jwt-secret",
+        "DISPATCHER_JWT_SECRET": "faults-jwt-secret-" + secrets.token_hex(16),
         "DISPATCHER_LOG_LEVEL": "INFO"}
     env.update(extra)
     return service_env(**env)

@@ -97,7 +97,7 @@ async def service(kafka_bootstrap: str, pg_server: Any, pushy: FakePushy,
         "DISPATCHER_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "DISPATCHER_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
         "DISPATCHER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-        "DISPATCHER_JWT_SECRET": "crash-test-secret",
+        "DISPATCHER_JWT_SECRET": "crash-test-jwt-secret-of-32-bytes-or-more",
         "DISPATCHER_SECRET_KEYS": generate_keys("crash1"),
     })
     svc = Service(env, tmp_path / "dispatcher.log")

@@ -53,3 +53,37 @@ def test_every_contract_variable_exists() -> None:
                  "DISPATCHER_JWT_SECRET", "DISPATCHER_DEFAULT_DURATION_S",
                  "DISPATCHER_EXPIRY_INTERVAL_S", "DISPATCHER_TOPIC_PREFIX"):
         assert name in names
+
+
+def test_a_short_hs256_secret_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="DISPATCHER_JWT_SECRET must be at least 32 bytes"):
+        Settings.from_env({"DISPATCHER_JWT_SECRET": "x" * 31})
+    assert Settings.from_env({"DISPATCHER_JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
+    with pytest.raises(ConfigError, match="DISPATCHER_JWT_MAX_TTL_S"):
+        Settings.from_env({"DISPATCHER_JWT_MAX_TTL_S": "-1"})
+
+
+def test_token_options_are_read() -> None:
+    s = Settings.from_env({"DISPATCHER_JWT_AUDIENCE": "dispatcher",
+                           "DISPATCHER_JWT_ISSUER": "https://idp",
+                           "DISPATCHER_JWT_MAX_TTL_S": "900"})
+    assert (s.jwt_audience, s.jwt_issuer, s.jwt_max_ttl_s) == ("dispatcher", "https://idp", 900)
+
+
+def test_the_secrets_of_dev_tooling_and_deploy_are_long_enough() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    compose = yaml.safe_load((root / "deploy" / "compose.yaml").read_text())
+    secret = compose["x-dispatcher-env"]["DISPATCHER_JWT_SECRET"]
+    assert len(secret.encode()) >= 32
+
+
+def test_dispatcher_dev_generates_a_long_enough_jwt_secret(tmp_path: object) -> None:
+    from dispatcher.cli import dev_jwt_secret
+
+    secret = dev_jwt_secret(Settings(dev_dir=str(tmp_path)))
+    assert len(secret.encode()) >= 32
+    Settings.from_env({"DISPATCHER_JWT_SECRET": secret})

@@ -1,0 +1,89 @@
+"""Who did what, and who may: createdBy/cancelledBy, the audit line, strict permissions,
+token lifetime, idempotency replays and each command's own organization (issue 11).
+
+This module's dispatcher runs with ``DISPATCHER_JWT_MAX_TTL_S=7200``; the other API
+modules run with the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from dispatcher import logs
+from dispatcher.auth import PERMISSIONS, mint
+from dispatcher.config import Settings
+from tests.helpers import ENTERPRISE, ORG
+
+AOSP = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"
+MAX_TTL_S = 7200
+PASSWORD = "Pw-never-in-a-log-7f3a"
+
+
+@pytest.fixture(scope="module")
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, jwt_max_ttl_s=MAX_TTL_S)
+
+
+def bearer(settings: Settings, sub: str, orgs: list[str] | None = None,
+           perms: tuple[str, ...] | list[str] = PERMISSIONS, ttl_s: int = 3600) -> str:
+    return "Bearer " + mint(settings.jwt_secret, orgs or [ORG], perms, ttl_s=ttl_s,
+                            subject=sub)
+
+
+def aosp(device: str, org: str = ORG, tail: str = "") -> str:
+    return AOSP.format(org=org, device=device) + tail
+
+
+def amapi(device: str, enterprise: str = ENTERPRISE, tail: str = "") -> str:
+    return f"/v1/enterprises/{enterprise}/devices/{device}{tail}"
+
+
+async def call(http: aiohttp.ClientSession, method: str, path: str, auth: str,
+               body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with http.request(method, path, json=body,
+                            headers={"Authorization": auth, **(headers or {})}) as resp:
+        return resp.status, await resp.json()
+
+
+def seed_error(answer: tuple[int, Any], status: int, code: int) -> None:
+    got, body = answer
+    assert (got, body["status"], body["error"]["code"]) == (status, False, code), body
+
+
+def google_error(answer: tuple[int, Any], status: int, name: str) -> None:
+    got, body = answer
+    assert (got, body["error"]["code"], body["error"]["status"]) == (status, status, name), body
+
+
+async def row_of(settings: Settings, cid: str) -> Any:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await conn.fetchrow("SELECT * FROM commands WHERE id = $1", cid)
+    finally:
+        await conn.close()
+
+
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The audit records as the JSON formatter writes them."""
+    fmt = logs.JsonFormatter()
+    return [json.loads(fmt.format(r)) for r in caplog.records if r.name == "dispatcher.audit"]
+
+
+# -- token lifetime -----------------------------------------------------------------------
+
+async def test_a_token_living_longer_than_the_max_ttl_is_refused(
+        service, http, register, settings: Settings) -> None:
+    device = await register()
+    seed_error(await call(http, "GET", aosp(device), bearer(settings, "x",
+                                                             ttl_s=MAX_TTL_S + 1)), 401, 4004)
+    google_error(await call(http, "GET", amapi(device, tail="/operations"),
+                            bearer(settings, "x", ttl_s=MAX_TTL_S + 1)), 401, "UNAUTHENTICATED")
+    assert (await call(http, "GET", aosp(device), bearer(settings, "x", ttl_s=MAX_TTL_S))
+            )[0] == 200
+

@@ -319,9 +319,9 @@ def _not_found(what: str = "Device") -> ApiError:
     return ApiError(404, Code.ENTITY_NOT_FOUND, f"{what} not found")
 
 
-async def _device(request: web.Request, permission: str) -> Any:
-    """Auth, path and scope: the registered device of the enterprise the token covers."""
-    principal = authorize(request, permission)
+async def _device(request: web.Request, principal: auth.Principal) -> Any:
+    """Path and scope: the registered device of the enterprise, in an organization the
+    token covers now (where a new command goes), or 404."""
     enterprise = hex_id(request, "enterpriseId")
     device_id = hex_id(request, "deviceId")
     rows = await store_of(request).fetch("get_device", device_id)
@@ -331,18 +331,25 @@ async def _device(request: web.Request, permission: str) -> Any:
     return rows[0]
 
 
-async def _operation_row(request: web.Request, device: Any) -> Any:
+async def _operation_row(request: web.Request, principal: auth.Principal) -> Any:
+    """The operation of the path, scoped by the command's OWN organization (not the
+    device's current one: a device moved to another organization does not take the
+    commands sent to it before along), or 404."""
+    enterprise = hex_id(request, "enterpriseId")
+    device_id = hex_id(request, "deviceId")
     op = hex_id(request, "operationId")
     rows = await store_of(request).fetch("get_command", op)
-    if (not rows or rows[0]["aos_device"] != device["aos_device"]
-            or rows[0]["aos_enterprise"] != device["aos_enterprise"]):
+    if (not rows or rows[0]["aos_device"] != device_id
+            or rows[0]["aos_enterprise"] != enterprise
+            or not principal.covers(rows[0]["organization"])):
         raise _not_found("Operation")
     return rows[0]
 
 
 async def issue_command(request: web.Request) -> web.Response:
     """``POST .../devices/{d}:issueCommand``: a Command in, an Operation out."""
-    device = await _device(request, auth.CREATE)
+    principal = authorize(request, auth.CREATE)
+    device = await _device(request, principal)
     kind, params, duration = plan(validate(CommandRequest, await read_json(request)))
     user = (f"enterprises/{device['aos_enterprise']}/users/{device['mdm_user']}"
             if device["mdm_user"] else None)
@@ -353,17 +360,24 @@ async def issue_command(request: web.Request) -> web.Response:
 
 async def get_operation(request: web.Request) -> web.Response:
     """``GET .../operations/{op}``."""
-    device = await _device(request, auth.READ)
-    return web.json_response(operation(await _operation_row(request, device)))
+    principal = authorize(request, auth.READ)
+    return web.json_response(operation(await _operation_row(request, principal)))
 
 
 async def list_operations(request: web.Request) -> web.Response:
-    """``GET .../operations?pageSize=&pageToken=``: newest first."""
-    device = await _device(request, auth.READ)
+    """``GET .../operations?pageSize=&pageToken=``: newest first, only the commands of the
+    organizations the token covers (each command's own). 404 when the device is not in a
+    covered organization now and no command of one is listed (no existence leak)."""
+    principal = authorize(request, auth.READ)
+    enterprise = hex_id(request, "enterpriseId")
+    device_id = hex_id(request, "deviceId")
     size = min(query_int(request, "pageSize", 0, 0, INT32_MAX) or PAGE_DEFAULT, PAGE_MAX)
+    orgs = None if auth.ANY_ORG in principal.orgs else sorted(principal.orgs)
     rows, token = await list_page(
-        request, device["aos_device"], organization=None, enterprise=device["aos_enterprise"],
-        status=None, limit=size, cursor=request.query.get("pageToken"), cursor_name="pageToken")
+        request, device_id, organizations=orgs, enterprise=enterprise, status=None,
+        limit=size, cursor=request.query.get("pageToken"), cursor_name="pageToken")
+    if not rows:
+        await _device(request, principal)
     body: dict[str, Any] = {"operations": [operation(r) for r in rows]}
     if token is not None:
         body["nextPageToken"] = token
@@ -373,10 +387,10 @@ async def list_operations(request: web.Request) -> web.Response:
 async def cancel_operation(request: web.Request) -> web.Response:
     """``POST .../operations/{op}:cancel``: ``{}``; 400 FAILED_PRECONDITION when finished
     (Google's HTTP mapping of that code)."""
-    device = await _device(request, auth.CANCEL)
+    principal = authorize(request, auth.CANCEL)
     await read_json(request, required=False)
     try:
-        await cancel_command(request, await _operation_row(request, device))
+        await cancel_command(request, await _operation_row(request, principal))
     except ApiError as err:
         if err.code is not Code.NOT_OPEN:
             raise

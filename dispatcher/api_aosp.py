@@ -220,7 +220,7 @@ async def listing(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
     await _device(request, org, device_id)
     rows, cursor = await list_page(
-        request, device_id, organization=org, enterprise=None, status=status, limit=limit,
+        request, device_id, organizations=[org], enterprise=None, status=status, limit=limit,
         cursor=request.query.get("cursor"), cursor_name="cursor")
     return web.json_response({"status": True, "data": [record(r) for r in rows],
                               "nextCursor": cursor})

@@ -297,13 +297,14 @@ def decode_cursor(token: str | None, name: str) -> tuple[datetime | None, str | 
     return when, cid
 
 
-async def list_page(request: web.Request, device: str, *, organization: str | None,
+async def list_page(request: web.Request, device: str, *, organizations: list[str] | None,
                     enterprise: str | None, status: str | None, limit: int,
                     cursor: str | None, cursor_name: str) -> tuple[list[Any], str | None]:
-    """One page of a device's commands, newest first, and the cursor of the next page."""
+    """One page of a device's commands, newest first, and the cursor of the next page
+    (``organizations``: only commands of these, by the command's own organization)."""
     after_at, after_id = decode_cursor(cursor, cursor_name)
     rows = await store_of(request).fetch(
-        "api_list_commands", device, organization, enterprise, status, after_at, after_id,
+        "api_list_commands", device, organizations, enterprise, status, after_at, after_id,
         limit + 1)
     page = list(rows[:limit])
     return page, (encode_cursor(page[-1]) if len(rows) > limit else None)

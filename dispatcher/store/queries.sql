@@ -388,10 +388,11 @@ SELECT * FROM devices WHERE aos_device = $1;
 
 -- name: api_list_commands
 -- HTTP API: a device's commands newest first, keyset-paginated by (created_at, id) after
--- ($5, $6); optionally only one organization ($2), enterprise ($3) or status ($4).
+-- ($5, $6); optionally only some organizations ($2: the commands' own), one enterprise
+-- ($3) or status ($4).
 SELECT * FROM commands
 WHERE aos_device = $1
-  AND ($2::text IS NULL OR organization = $2)
+  AND ($2::text[] IS NULL OR organization = ANY($2::text[]))
   AND ($3::text IS NULL OR aos_enterprise = $3)
   AND ($4::text IS NULL OR status = $4)
   AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,7 @@ import pytest
 from dispatcher import logs
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
-from tests.helpers import ENTERPRISE, ORG
+from tests.helpers import ENTERPRISE, ORG, Kafka, device_event, hex24, wait_for
 
 AOSP = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"
 MAX_TTL_S = 7200
@@ -86,4 +87,49 @@ async def test_a_token_living_longer_than_the_max_ttl_is_refused(
                             bearer(settings, "x", ttl_s=MAX_TTL_S + 1)), 401, "UNAUTHENTICATED")
     assert (await call(http, "GET", aosp(device), bearer(settings, "x", ttl_s=MAX_TTL_S))
             )[0] == 200
+
+
+# -- each command's own organization (AMAPI) -----------------------------------------------
+
+async def test_a_device_moved_to_another_organization_does_not_take_its_commands_along(
+        service, http, register, settings: Settings, kafka: Kafka) -> None:
+    org_a, org_b = hex24(), hex24()
+    device = await register(org=org_a, push_token=None)
+    a = bearer(settings, "a", orgs=[org_a])
+    b = bearer(settings, "b", orgs=[org_b])
+    status, op = await call(http, "POST", amapi(device, tail=":issueCommand"), a,
+                            {"type": "LOCK"})
+    assert status == 200, op
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    await kafka.send("devices", device_event(device, token=None, organization=org_b,
+                                             updatedAt=later), key=device)
+
+    async def moved() -> bool | None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            org = await conn.fetchval("SELECT organization FROM devices WHERE aos_device = $1",
+                                      device)
+        finally:
+            await conn.close()
+        return org == org_b or None
+
+    await wait_for(moved)
+    google_error(await call(http, "GET", "/v1/" + op["name"], b), 404, "NOT_FOUND")
+    google_error(await call(http, "POST", "/v1/" + op["name"] + ":cancel", b, {}),
+                 404, "NOT_FOUND")
+    status, listed = await call(http, "GET", amapi(device, tail="/operations"), b)
+    assert (status, listed["operations"]) == (200, [])
+    # the organization that sent it still sees it, and may cancel it
+    assert (await call(http, "GET", "/v1/" + op["name"], a)) == (200, op)
+    status, listed = await call(http, "GET", amapi(device, tail="/operations"), a)
+    assert (status, [o["name"] for o in listed["operations"]]) == (200, [op["name"]])
+    assert (await call(http, "POST", "/v1/" + op["name"] + ":cancel", a, {}))[0] == 200
+    # B's own new command is B's alone
+    status, mine = await call(http, "POST", amapi(device, tail=":issueCommand"), b,
+                              {"type": "REBOOT"})
+    assert status == 200, mine
+    _, listed = await call(http, "GET", amapi(device, tail="/operations"), b)
+    assert [o["name"] for o in listed["operations"]] == [mine["name"]]
+    google_error(await call(http, "GET", amapi(device, tail="/operations"),
+                            bearer(settings, "c", orgs=[hex24()])), 404, "NOT_FOUND")
 

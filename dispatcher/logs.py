@@ -16,6 +16,7 @@ record it cannot format at all still yields one JSON line saying so.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -39,10 +40,14 @@ _QUOTED = re.compile(
 _BARE = re.compile(rf"""(?P<head>\b(?:{_NAME})\b\s*[=:]\s*)(?P<v>[^\s"'&,;)}}\]\\]+)""", re.I)
 _BEARER = re.compile(r"\b(Bearer\s+)[\w.~+/-]+=*", re.I)
 _DSN = re.compile(r"(\b[a-z][\w+.-]*://[^\s:/@]+:)[^\s@/]+@", re.I)
+_PLAIN = re.compile(r"[\w.@/+-]*")
+"""Text no redaction pattern can match (no quote, ``=``, ``:`` or space): ids, topic and
+logger names. Such values skip the patterns (the audit line is written per command)."""
 _MAX_DEPTH = 8
 _MAX_TEXT = 8000
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a field or key of that name holds a secret."""
     lowered = name.lower()
@@ -51,6 +56,8 @@ def is_secret_name(name: str) -> bool:
 
 def redact_line(text: str) -> str:
     """Text with every recognisable secret value replaced."""
+    if _PLAIN.fullmatch(text):
+        return text
     text = redact_text(text)
     text = _QUOTED.sub(lambda m: f"{m['head']}{m['q']}{REDACTED}{m['q']}", text)
     text = _BARE.sub(lambda m: m["head"] + REDACTED, text)

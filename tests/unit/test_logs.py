@@ -160,3 +160,14 @@ def test_text_format_for_dev_is_redacted_too(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert SECRET not in err
     assert "command_id=abc" in err
+
+
+def test_plain_text_skips_the_patterns_but_anything_else_is_still_redacted() -> None:
+    from dispatcher.logs import redact_line
+
+    for plain in ("5f1e2d3c4b5a69788796a5b4", "mdm.commands.created", "alice@example.com",
+                  "token-service", "dispatcher.audit"):
+        assert redact_line(plain) == plain
+    for secret in ("token=abc123", "Bearer abc.def.ghi", 'password: "hunter2"',
+                   "postgresql://u:pw@h/db", "api_key=XYZ"):
+        assert redact_line(secret) != secret, secret

@@ -261,6 +261,9 @@ def operation(row: Any) -> dict[str, Any]:
                                 if row["mdm_user"] else None)
     if user:
         meta["userName"] = user
+    for key, column in (("createdBy", "created_by"), ("cancelledBy", "cancelled_by")):
+        if row[column]:
+            meta[key] = row[column]
     params = redact(row["params"] or {})
     for key in ("resetPasswordFlags", *PARAM_FIELDS):
         if key in params:
@@ -353,8 +356,8 @@ async def issue_command(request: web.Request) -> web.Response:
     kind, params, duration = plan(validate(CommandRequest, await read_json(request)))
     user = (f"enterprises/{device['aos_enterprise']}/users/{device['mdm_user']}"
             if device["mdm_user"] else None)
-    row = await create_command(request, device, kind, params, duration, source="amapi",
-                               user_name=user)
+    row = await create_command(request, principal, device, kind, params, duration,
+                               source="amapi", user_name=user)
     return web.json_response(operation(row))
 
 
@@ -390,7 +393,7 @@ async def cancel_operation(request: web.Request) -> web.Response:
     principal = authorize(request, auth.CANCEL)
     await read_json(request, required=False)
     try:
-        await cancel_command(request, await _operation_row(request, principal))
+        await cancel_command(request, principal, await _operation_row(request, principal))
     except ApiError as err:
         if err.code is not Code.NOT_OPEN:
             raise

@@ -112,6 +112,12 @@ class CommandRecord(BaseModel):
     errorMessage: str | Absent = None
     updatedAt: str
     createdAt: str
+    createdBy: str | Absent = Field(
+        default=None, description="who created it: the token's sub, or for a Kafka command "
+        "the event's createdBy, else its topic")
+    cancelledBy: str | Absent = Field(
+        default=None, description="who cancelled it: the token's sub, or the cancel event's "
+        "cancelledBy, else its topic")
 
 
 class CommandAnswer(BaseModel):
@@ -157,6 +163,7 @@ def record(row: Any) -> dict[str, Any]:
         "duration": _seconds(row["duration_s"], row["duration_nanos"]),
         "errorType": row["error_type"], "errorMessage": row["error_message"],
         "updatedAt": iso(row["updated_at"]), "createdAt": iso(row["created_at"]),
+        "createdBy": row["created_by"], "cancelledBy": row["cancelled_by"],
     }
     return {key: value for key, value in full.items() if value is not None}
 
@@ -165,8 +172,9 @@ def _seconds(seconds: int, nanos: int) -> int | float:
     return seconds if not nanos else float(Decimal(seconds) + Decimal(nanos) / 10**9)
 
 
-def _scope(request: web.Request, permission: str) -> tuple[str, str]:
-    """Auth, path parameters and organization scope: (organizationId, aosDeviceId)."""
+def _scope(request: web.Request, permission: str) -> tuple[auth.Principal, str, str]:
+    """Auth, path parameters and organization scope: (principal, organizationId,
+    aosDeviceId)."""
     principal = authorize(request, permission)
     org = request.match_info.get("organizationId", "")
     if not ORG_RE.fullmatch(org):
@@ -175,7 +183,7 @@ def _scope(request: web.Request, permission: str) -> tuple[str, str]:
     if not principal.covers(org):
         raise ApiError(403, Code.PERMISSION_DENIED,
                        "Permission denied: the token does not cover this organization")
-    return org, device
+    return principal, org, device
 
 
 async def _device(request: web.Request, org: str, device_id: str) -> Any:
@@ -197,23 +205,23 @@ async def _command(request: web.Request, org: str, device_id: str) -> Any:
 
 async def create(request: web.Request) -> web.Response:
     """``POST .../commands``: enqueue a command (``Idempotency-Key`` supported)."""
-    org, device_id = _scope(request, auth.CREATE)
+    principal, org, device_id = _scope(request, auth.CREATE)
     body = validate(CreateCommandRequest, await read_json(request))
     device = await _device(request, org, device_id)
-    row = await create_command(request, device, body.command, body.params or {},
+    row = await create_command(request, principal, device, body.command, body.params or {},
                                body.duration, source="http")
     return ok(record(row))
 
 
 async def read(request: web.Request) -> web.Response:
     """``GET .../commands/{commandId}``."""
-    org, device_id = _scope(request, auth.READ)
+    _, org, device_id = _scope(request, auth.READ)
     return ok(record(await _command(request, org, device_id)))
 
 
 async def listing(request: web.Request) -> web.Response:
     """``GET .../commands?status=&limit=&cursor=``: newest first, keyset-paginated."""
-    org, device_id = _scope(request, auth.READ)
+    _, org, device_id = _scope(request, auth.READ)
     status = request.query.get("status") or None
     if status is not None and status not in Status.__members__:
         raise invalid(f"status: must be one of {', '.join(Status)}")
@@ -228,9 +236,9 @@ async def listing(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     """``POST .../commands/{commandId}/cancel``: PENDING/RECEIVED -> CANCEL; else 409 4009."""
-    org, device_id = _scope(request, auth.CANCEL)
+    principal, org, device_id = _scope(request, auth.CANCEL)
     row = await _command(request, org, device_id)
-    return ok(record(await cancel_command(request, row)))
+    return ok(record(await cancel_command(request, principal, row)))
 
 
 def register(app: web.Application) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatcher import api
+from dispatcher import api, audit
 from dispatcher.aio import sleep_unless
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor, StreamConsumer
@@ -62,6 +62,7 @@ class Runtime:
         for (kind, outcome), n in fx.held.items():
             self.metrics.held_events.labels(kind, outcome).inc(n)
         self.metrics.transitions(fx.transitions)
+        audit.write(fx.audit)
         if fx.wake_push and self.pusher is not None:
             self.pusher.wake.set()
         if fx.wake_outbox and self.relay is not None:

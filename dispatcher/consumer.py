@@ -143,7 +143,7 @@ class BatchProcessor:
             freed = attempt.freed_devices()
             if freed and await conn.fetch(QUERIES["wake_devices"], freed):
                 attempt.wake_push = True
-        _merge(fx, attempt)
+        fx.absorb(attempt)
 
     async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:
         attempt = 0
@@ -179,15 +179,6 @@ class BatchProcessor:
             log.info("dead-lettered an input", extra={
                 "topic": source.topic, "partition": source.partition, "offset": source.offset,
                 "reason": letter.reason, "detail": letter.detail[:300]})
-
-
-def _merge(into: Effects, part: Effects) -> None:
-    into.dead.extend(part.dead)
-    into.transitions.extend(part.transitions)
-    into.consumed.update(part.consumed)
-    into.held.update(part.held)
-    into.wake_push |= part.wake_push
-    into.wake_outbox |= part.wake_outbox
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

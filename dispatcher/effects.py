@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatcher import audit
 from dispatcher.deadletter import Source, build
 from dispatcher.events import DeadLetter
 
@@ -25,6 +26,7 @@ class Effects:
     held: Counter[tuple[str, str]] = field(default_factory=Counter)
     wake_push: bool = False
     wake_outbox: bool = False
+    audit: list[audit.Entry] = field(default_factory=list)
 
     def reject(self, source: Source, reason: str, detail: str) -> None:
         """Dead-letter one input."""
@@ -34,6 +36,16 @@ class Effects:
     def accept(self, source: Source, outcome: str = "ok") -> None:
         """Count one input as handled."""
         self.consumed[(source.topic, outcome)] += 1
+
+    def absorb(self, part: Effects) -> None:
+        """Add the effects of a committed part of the batch (a retried write's last try)."""
+        self.dead.extend(part.dead)
+        self.transitions.extend(part.transitions)
+        self.consumed.update(part.consumed)
+        self.held.update(part.held)
+        self.wake_push |= part.wake_push
+        self.wake_outbox |= part.wake_outbox
+        self.audit.extend(part.audit)
 
     def freed_devices(self) -> list[str]:
         """Devices whose PENDING command just ended: their next parked command may go."""
@@ -47,3 +59,10 @@ class Effects:
         if rows:
             self.transitions.extend(rows)
             self.wake_outbox = True
+
+    def cancelled(self, rows: list[Any]) -> None:
+        """Record the transitions of ``cancel_commands`` and their audit entries."""
+        self.moved(rows)
+        self.audit.extend(
+            audit.Entry(r["cancelled_by"], audit.CANCEL, r["id"], r["aos_device"],
+                        r["organization"]) for r in rows)

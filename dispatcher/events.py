@@ -82,6 +82,8 @@ Token = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterVal
 Time = Annotated[datetime, AfterValidator(_utc)]
 Params = Annotated[dict[str, Any], _bounded_object(PARAMS_MAX_BYTES)]
 AckData = Annotated[dict[str, Any], _bounded_object(ACK_DATA_MAX_BYTES)]
+Actor = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_nul)]
+"""Who asked for a command or its cancel: a user or service name (audit only)."""
 DevicePublicKey = Annotated[
     str, StringConstraints(max_length=sealing.PEM_MAX_CHARS), AfterValidator(_device_key)]
 
@@ -102,6 +104,9 @@ class CommandCreated(_In):
     params: Params = Field(default_factory=dict)
     duration: float | None = Field(default=None, ge=0, le=MAX_DURATION_S)
     createdAt: Time | None = None
+    createdBy: Actor | None = Field(
+        default=None, description="who asked for the command (shown as createdBy and in the "
+        "audit log); absent: the topic's name")
 
     @field_validator("duration", mode="before")
     @classmethod
@@ -146,6 +151,9 @@ class CancelRequest(_In):
     commandId: HexId
     aosDevice: HexId
     at: Time | None = None
+    cancelledBy: Actor | None = Field(
+        default=None, description="who asked for the cancel (shown as cancelledBy and in the "
+        "audit log); absent: the topic's name")
 
 
 class StatusEvent(BaseModel):
@@ -163,6 +171,11 @@ class StatusEvent(BaseModel):
     pushId: str | None = None
     errorType: str | None = None
     errorMessage: str | None = None
+    createdBy: str | None = Field(
+        default=None, description="who created the command (token sub, the event's createdBy "
+        "or its topic); omitted when unknown")
+    cancelledBy: str | None = Field(
+        default=None, description="who cancelled the command; omitted unless it was cancelled")
 
 
 class DeadLetter(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from dispatcher import lifecycle
+from dispatcher import audit, lifecycle
 from dispatcher.acks import apply_acks
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
@@ -45,6 +45,7 @@ class NewCommand:
     user_name: str | None = None
     duration_nanos: int = 0
     """The fraction of a second of the validity (``duration_s`` is the whole seconds)."""
+    created_by: str | None = None
 
 
 def new_command(
@@ -55,9 +56,11 @@ def new_command(
     source: str = "kafka",
     user_name: str | None = None,
     exact_duration: Decimal | None = None,
+    created_by: str | None = None,
 ) -> NewCommand:
     """Decide the stored form of a command-created event (``exact_duration``: the
-    duration as given in decimal, when the caller has it; else the event's)."""
+    duration as given in decimal, when the caller has it; else the event's;
+    ``created_by``: the actor, else the event's ``createdBy``)."""
     created_at = event.createdAt or seen_at
     duration = lifecycle.effective_duration(
         exact_duration if exact_duration is not None else event.duration, default_duration_s)
@@ -80,6 +83,7 @@ def new_command(
         created_at=created_at,
         source=source,
         user_name=user_name,
+        created_by=created_by or event.createdBy,
     )
 
 
@@ -118,11 +122,14 @@ async def store_commands(
         [c.source for c in commands],
         [c.user_name for c in commands],
         [c.duration_nanos for c in commands],
+        [c.created_by for c in commands],
     )
     fx.moved([dict(r, previous=None) for r in rows])
     if any(r["status"] == Status.PENDING for r in rows):
         fx.wake_push = True
     inserted = {r["id"] for r in rows}
+    fx.audit.extend(audit.Entry(c.created_by, audit.CREATE, c.id, c.aos_device, c.organization)
+                    for c in commands if c.id in inserted)
     await apply_held(conn, sorted(inserted), fx)
     return inserted
 
@@ -138,7 +145,8 @@ async def apply_created(
     unique: dict[str, NewCommand] = {}
     for event, source in items:
         if event.id not in unique:
-            unique[event.id] = new_command(event, source.seen_at, default_duration_s, box)
+            unique[event.id] = new_command(event, source.seen_at, default_duration_s, box,
+                                           created_by=event.createdBy or source.topic)
     inserted = await store_commands(conn, list(unique.values()), fx)
     counted: set[str] = set()
     for event, source in items:
@@ -194,7 +202,7 @@ async def apply_cancels(
             QUERIES["command_devices"], list({c.commandId for c, _ in items})
         )
     }
-    targets: list[str] = []
+    targets: dict[str, str] = {}  # command id -> who cancels it (the first cancel's)
     to_hold: list[tuple[CancelRequest, Source]] = []
     for cancel, source in items:
         row = known.get(cancel.commandId)
@@ -204,10 +212,12 @@ async def apply_cancels(
             fx.reject(source, "device_mismatch",
                       "the cancel's aosDevice is not the command's device")
         else:
-            targets.append(cancel.commandId)
+            targets.setdefault(cancel.commandId, cancel.cancelledBy or source.topic)
             fx.accept(source, "ok" if row["status"] in lifecycle.OPEN else "no_change")
     if targets:
-        fx.moved(list(await conn.fetch(QUERIES["cancel_commands"], sorted(set(targets)))))
+        ids = sorted(targets)
+        fx.cancelled(list(await conn.fetch(QUERIES["cancel_commands"], ids,
+                                           [targets[i] for i in ids])))
     await hold(conn, "cancel", to_hold, fx, hold_unknown)
 
 

@@ -321,8 +321,9 @@ def command_id(organization: str, key: str | None) -> str:
     return hashlib.sha256(f"{organization}\n{key}".encode()).hexdigest()[:24]
 
 
-async def create_command(request: web.Request, device: Any, command: str,
-                         params: dict[str, Any], duration: Decimal | float | None, source: str,
+async def create_command(request: web.Request, principal: auth.Principal, device: Any,
+                         command: str, params: dict[str, Any],
+                         duration: Decimal | float | None, source: str,
                          user_name: str | None = None) -> Any:
     """Create a command for a registered device (or find its idempotent twin); its row."""
     rt = runtime(request)
@@ -337,8 +338,8 @@ async def create_command(request: web.Request, device: Any, command: str,
         raise invalid(describe(exc)) from exc
     exact = duration if isinstance(duration, Decimal) else None
     cmd = new_command(event, datetime.now(UTC), rt.settings.default_duration_s, rt.box,
-                      exact_duration=exact,
-                      source=source, user_name=user_name)
+                      exact_duration=exact, source=source, user_name=user_name,
+                      created_by=principal.subject or None)
     fx = Effects()
     async with store.transaction() as conn:
         inserted = await store_commands(conn, [cmd], fx)
@@ -350,13 +351,15 @@ async def create_command(request: web.Request, device: Any, command: str,
     return row
 
 
-async def cancel_command(request: web.Request, row: Any) -> Any:
-    """Cancel an open command; the row after. 409 4009 when it is already finished."""
+async def cancel_command(request: web.Request, principal: auth.Principal, row: Any) -> Any:
+    """Cancel an open command on behalf of ``principal``; the row after. 409 4009 when it
+    is already finished."""
     rt = runtime(request)
     fx = Effects()
     async with store_of(request).transaction() as conn:
-        moved = await conn.fetch(QUERIES["cancel_commands"], [row["id"]])
-        fx.moved(list(moved))
+        moved = await conn.fetch(QUERIES["cancel_commands"], [row["id"]],
+                                 [principal.subject or None])
+        fx.cancelled(list(moved))
         after: asyncpg.Record = await conn.fetchrow(QUERIES["get_command"], row["id"])
     rt.on_effects(fx)
     if not moved:

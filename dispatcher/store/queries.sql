@@ -64,7 +64,8 @@ WITH target AS (
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
+           m.created_by, m.cancelled_by) FROM moved m
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
@@ -73,21 +74,22 @@ SELECT id, aos_device, command, status, previous, created_at FROM moved;
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
-                         $12::timestamptz[], $13::text[], $14::text[], $15::int[])
+                         $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::text[])
         AS t(id, organization, aos_enterprise, aos_device, mdm_user, command, params, secret,
-             status, duration_s, expires_at, created_at, source, user_name, duration_nanos)
+             status, duration_s, expires_at, created_at, source, user_name, duration_nanos,
+             created_by)
 ), inserted AS (
     INSERT INTO commands (id, organization, aos_enterprise, aos_device, mdm_user, command, params,
                           secret, status, duration_s, duration_nanos, expires_at, created_at,
                           updated_at, finished_at, next_push_at, source, user_name,
-                          error_type, error_message)
+                          created_by, error_type, error_message)
     SELECT id, organization, aos_enterprise, aos_device, mdm_user, command, params,
            CASE WHEN status = 'PENDING' THEN secret END, status, duration_s, duration_nanos,
            expires_at,
            created_at, now(),
            CASE WHEN status <> 'PENDING' THEN now() END,
            CASE WHEN status = 'PENDING' THEN now() END,
-           source, user_name,
+           source, user_name, created_by,
            CASE status WHEN 'EXPIRED' THEN 'EXPIRED_ON_ARRIVAL'
                        WHEN 'CANCEL' THEN 'DEVICE_DISENROLLED' END,
            CASE status WHEN 'EXPIRED' THEN 'the command''s validity had run out when it arrived'
@@ -98,7 +100,8 @@ WITH input AS (
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT i.id, i.aos_device, dispatcher_status_event(i.id, i.organization, i.aos_device, i.command,
-           i.status, NULL, i.updated_at, i.push_id, i.error_type, i.error_message) FROM inserted i
+           i.status, NULL, i.updated_at, i.push_id, i.error_type, i.error_message,
+           i.created_by, i.cancelled_by) FROM inserted i
 )
 SELECT id, status, command, created_at FROM inserted;
 
@@ -139,29 +142,34 @@ WITH input AS (
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message)
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
+           m.created_by, m.cancelled_by)
     FROM moved m WHERE m.status <> m.previous
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
 -- name: cancel_commands
+-- Cancel the commands $1 (distinct ids), each on behalf of its actor in $2 (cancelled_by).
 WITH target AS (
-    SELECT id, status AS previous FROM commands
-    WHERE id = ANY($1::text[]) AND status IN ('PENDING', 'RECEIVED')
-    ORDER BY id FOR UPDATE
+    SELECT c.id, c.status AS previous, i.actor FROM commands c
+    JOIN unnest($1::text[], $2::text[]) AS i(id, actor) ON c.id = i.id
+    WHERE c.status IN ('PENDING', 'RECEIVED')
+    ORDER BY c.id FOR UPDATE OF c
 ), moved AS (
     UPDATE commands c
     SET status = 'CANCEL', updated_at = now(), finished_at = now(), secret = NULL,
         next_push_at = NULL, push_lease_until = NULL,
-        error_type = NULL, error_message = NULL
+        error_type = NULL, error_message = NULL, cancelled_by = t.actor
     FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
     RETURNING c.*, t.previous
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
+           m.created_by, m.cancelled_by) FROM moved m
 )
-SELECT id, aos_device, command, status, previous, created_at FROM moved;
+SELECT id, aos_device, organization, command, status, previous, created_at, cancelled_by
+FROM moved;
 
 -- name: command_devices
 SELECT id, aos_device, status FROM commands WHERE id = ANY($1::text[]);
@@ -210,7 +218,8 @@ WITH due AS (
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
+           m.created_by, m.cancelled_by) FROM moved m
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
@@ -349,7 +358,8 @@ WITH moved AS (
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)
     SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message) FROM moved m
+           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
+           m.created_by, m.cancelled_by) FROM moved m
 ), woken AS (
     UPDATE commands c SET next_push_at = now()
     WHERE c.id = (

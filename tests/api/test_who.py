@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from dispatcher import logs
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
-from tests.helpers import ENTERPRISE, ORG, Kafka, device_event, hex24, wait_for
+from tests.helpers import ENTERPRISE, ORG, Kafka, command_event, device_event, hex24, wait_for
 
 AOSP = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"
 MAX_TTL_S = 7200
@@ -74,6 +75,92 @@ def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     """The audit records as the JSON formatter writes them."""
     fmt = logs.JsonFormatter()
     return [json.loads(fmt.format(r)) for r in caplog.records if r.name == "dispatcher.audit"]
+
+
+# -- createdBy / cancelledBy and the audit line ---------------------------------------------
+
+async def test_http_creates_and_cancels_record_their_actor_in_both_dialects(
+        service, http, register, settings: Settings, kafka: Kafka,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dispatcher.audit")
+    device = await register(push_token=None)
+    alice, bob = bearer(settings, "alice@example.com"), bearer(settings, "bob@example.com")
+    status, body = await call(http, "POST", aosp(device), alice,
+                              {"command": "LOCK", "params": {"newPassword": PASSWORD}})
+    assert status == 200, body
+    created = body["data"]
+    assert created["createdBy"] == "alice@example.com"
+    assert "cancelledBy" not in created
+    assert "null" not in json.dumps(created)
+    status, body = await call(http, "POST", aosp(device, tail=f"/{created['id']}/cancel"), bob)
+    assert (status, body["data"]["cancelledBy"]) == (200, "bob@example.com"), body
+    assert (await call(http, "GET", aosp(device, tail=f"/{created['id']}"), alice)
+            )[1]["data"]["cancelledBy"] == "bob@example.com"
+
+    status, op = await call(http, "POST", amapi(device, tail=":issueCommand"), alice,
+                            {"type": "REBOOT"})
+    assert (status, op["metadata"]["createdBy"]) == (200, "alice@example.com"), op
+    assert "cancelledBy" not in op["metadata"]
+    assert (await call(http, "POST", "/v1/" + op["name"] + ":cancel", bob, {}))[0] == 200
+    _, got = await call(http, "GET", "/v1/" + op["name"], alice)
+    assert got["metadata"]["cancelledBy"] == "bob@example.com"
+    op_id = op["name"].rsplit("/", 1)[1]
+
+    want = [("alice@example.com", "create", created["id"]),
+            ("bob@example.com", "cancel", created["id"]),
+            ("alice@example.com", "create", op_id), ("bob@example.com", "cancel", op_id)]
+    lines = audit_lines(caplog)
+    assert [(x["actor"], x["action"], x["command"]) for x in lines] == want
+    assert all((x["device"], x["organization"]) == (device, ORG) for x in lines)
+    assert PASSWORD not in caplog.text
+    assert all(PASSWORD not in json.dumps(x) for x in lines)
+
+    async def status_events() -> list[Any] | None:
+        events = [e for e in await kafka.read("commands.status", timeout_s=0.3)
+                  if isinstance(e, dict) and e.get("id") in (created["id"], op_id)]
+        return events if len(events) == 4 else None
+
+    events = await wait_for(status_events)
+    assert {(e["id"], e["status"], e["createdBy"], e.get("cancelledBy")) for e in events} == {
+        (created["id"], "PENDING", "alice@example.com", None),
+        (created["id"], "CANCEL", "alice@example.com", "bob@example.com"),
+        (op_id, "PENDING", "alice@example.com", None),
+        (op_id, "CANCEL", "alice@example.com", "bob@example.com")}
+    assert all("cancelledBy" not in e for e in events if e["status"] == "PENDING")
+
+
+async def test_kafka_commands_and_cancels_name_their_actor_or_the_topic(
+        service, http, register, settings: Settings, kafka: Kafka,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dispatcher.audit")
+    device = await register(push_token=None)
+    named, unnamed = (command_event(device, createdBy="billing-service"),
+                      command_event(device))
+    await kafka.send("commands.created", named, key=device)
+    await kafka.send("commands.created", unnamed, key=device)
+    reader = bearer(settings, "reader")
+
+    async def record(cid: str, field: str) -> Any:
+        status, body = await call(http, "GET", aosp(device, tail=f"/{cid}"), reader)
+        return body["data"] if status == 200 and field in body["data"] else None
+
+    assert (await wait_for(lambda: record(named["id"], "createdBy")))["createdBy"] == \
+        "billing-service"
+    assert (await wait_for(lambda: record(unnamed["id"], "createdBy")))["createdBy"] == \
+        kafka.topic("commands.created")
+    await kafka.send("commands.cancel", {"commandId": named["id"], "aosDevice": device,
+                                         "cancelledBy": "ops-console"}, key=device)
+    await kafka.send("commands.cancel", {"commandId": unnamed["id"], "aosDevice": device},
+                     key=device)
+    assert (await wait_for(lambda: record(named["id"], "cancelledBy")))["cancelledBy"] == \
+        "ops-console"
+    assert (await wait_for(lambda: record(unnamed["id"], "cancelledBy")))["cancelledBy"] == \
+        kafka.topic("commands.cancel")
+    lines = {(x["actor"], x["action"], x["command"]) for x in audit_lines(caplog)}
+    assert lines >= {("billing-service", "create", named["id"]),
+                     (kafka.topic("commands.created"), "create", unnamed["id"]),
+                     ("ops-console", "cancel", named["id"]),
+                     (kafka.topic("commands.cancel"), "cancel", unnamed["id"])}
 
 
 # -- token lifetime -----------------------------------------------------------------------

@@ -57,7 +57,7 @@ HOT: dict[str, tuple[tuple[Any, ...], set[str], bool]] = {
     "push_rejected": (("SOME", "PUSH_REJECTED", "x"), {"commands_device_open"}, True),
     "push_retry": (("SOME", 1.0), set(), True),
     "push_recovered": ((), {"commands_push_due"}, False),
-    "cancel_commands": ((["SOME"],), set(), True),
+    "cancel_commands": ((["SOME"], ["someone"]), set(), True),
     "cancel_disenrolled": ((["DEVICE"],), {"commands_device_open"}, True),
     "wake_parked": ((), {"commands_parked"}, False),
     "open_gauges": ((), {"commands_open_expires"}, False),

@@ -7,6 +7,9 @@ confusion). ``exp`` is required. ``DISPATCHER_JWT_AUDIENCE`` and ``DISPATCHER_JW
 when set, make ``aud`` and ``iss`` required and checked; when no audience is set a token's
 ``aud`` is not checked (PyJWT would refuse any token that has one).
 ``DISPATCHER_JWT_MAX_TTL_S`` refuses tokens that live longer (``exp - iat``) or lack ``iat``.
+
+With ``DISPATCHER_STRICT_PERMISSIONS=true`` the destructive command types
+(:data:`DESTRUCTIVE`) also need ``mdm.aosp.command.create.<TYPE>``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from dispatcher.config import Settings
 PERMISSIONS = ("mdm.aosp.command.create", "mdm.aosp.command.read", "mdm.aosp.command.cancel")
 CREATE, READ, CANCEL = PERMISSIONS
 ANY_ORG = "*"
+DESTRUCTIVE = frozenset({"WIPE", "RESET_PASSWORD", "DISENROLL", "RELINQUISH_OWNERSHIP"})
+"""Command types that need :func:`type_permission` too under strict permissions."""
+
+
+def type_permission(command: str) -> str:
+    """The extra permission a destructive ``command`` needs: ``mdm.aosp.command.create.WIPE``."""
+    return f"{CREATE}.{command}"
 
 
 class AuthError(Exception):
@@ -48,6 +58,11 @@ class Principal:
         """Raise AuthError(forbidden) unless the token grants ``permission``."""
         if permission not in self.permissions:
             raise AuthError("forbidden", f"Permission denied: {permission} is required")
+
+    def require_type(self, command: str, strict: bool) -> None:
+        """Under strict permissions, a destructive type needs its own permission too."""
+        if strict and command in DESTRUCTIVE:
+            self.require(type_permission(command))
 
     def covers(self, organization: str) -> bool:
         """Whether the token may act for ``organization``."""

@@ -83,6 +83,11 @@ class Settings:
         "DISPATCHER_JWT_MAX_TTL_S", 0,
         "when above 0, a bearer token must carry iat and live at most this long (exp - iat)",
     )
+    strict_permissions: bool = _var(
+        "DISPATCHER_STRICT_PERMISSIONS", False,
+        "true: WIPE, RESET_PASSWORD, DISENROLL and RELINQUISH_OWNERSHIP also need the "
+        "permission mdm.aosp.command.create.<TYPE>",
+    )
     secret_keys: str = _var(
         "DISPATCHER_SECRET_KEYS", "",
         "keys that encrypt command secrets at rest: kid:base64key[,kid:base64key...], 32-byte "

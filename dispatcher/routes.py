@@ -325,8 +325,11 @@ async def create_command(request: web.Request, principal: auth.Principal, device
                          command: str, params: dict[str, Any],
                          duration: Decimal | float | None, source: str,
                          user_name: str | None = None) -> Any:
-    """Create a command for a registered device (or find its idempotent twin); its row."""
+    """Create a command for a registered device (or find its idempotent twin); its row.
+
+    Under strict permissions a destructive type needs its own permission (403)."""
     rt = runtime(request)
+    principal.require_type(command, rt.settings.strict_permissions)
     store = store_of(request)
     cid = command_id(device["organization"], request.headers.get("Idempotency-Key"))
     try:

@@ -131,3 +131,16 @@ def test_max_ttl_refuses_long_lived_tokens_and_tokens_without_iat() -> None:
         assert info.value.kind == "invalid"
     assert verify(jwt.encode(claims(exp=now + 10 * 86400), SECRET, algorithm="HS256"),
                   Settings(jwt_secret=SECRET))
+
+
+def test_strict_permissions_need_the_type_permission_for_destructive_types() -> None:
+    base = verify(mint(SECRET, ["o"]), Settings(jwt_secret=SECRET))
+    for kind in ("WIPE", "RESET_PASSWORD", "DISENROLL", "RELINQUISH_OWNERSHIP"):
+        base.require_type(kind, strict=False)
+        with pytest.raises(AuthError, match=f"mdm.aosp.command.create.{kind}"):
+            base.require_type(kind, strict=True)
+    base.require_type("LOCK", strict=True)
+    wiper = verify(mint(SECRET, ["o"], ["mdm.aosp.command.create",
+                                         "mdm.aosp.command.create.WIPE"]),
+                   Settings(jwt_secret=SECRET))
+    wiper.require_type("WIPE", strict=True)

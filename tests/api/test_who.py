@@ -1,8 +1,8 @@
 """Who did what, and who may: createdBy/cancelledBy, the audit line, strict permissions,
 token lifetime, idempotency replays and each command's own organization (issue 11).
 
-This module's dispatcher runs with ``DISPATCHER_JWT_MAX_TTL_S=7200``; the other API
-modules run with the defaults.
+This module's dispatcher runs with ``DISPATCHER_STRICT_PERMISSIONS=true`` and
+``DISPATCHER_JWT_MAX_TTL_S=7200``; the other API modules run with the defaults.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PASSWORD = "Pw-never-in-a-log-7f3a"
 
 @pytest.fixture(scope="module")
 def settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, jwt_max_ttl_s=MAX_TTL_S)
+    return dataclasses.replace(settings, strict_permissions=True, jwt_max_ttl_s=MAX_TTL_S)
 
 
 def bearer(settings: Settings, sub: str, orgs: list[str] | None = None,
@@ -161,6 +161,38 @@ async def test_kafka_commands_and_cancels_name_their_actor_or_the_topic(
                      (kafka.topic("commands.created"), "create", unnamed["id"]),
                      ("ops-console", "cancel", named["id"]),
                      (kafka.topic("commands.cancel"), "cancel", unnamed["id"])}
+
+
+# -- strict permissions -------------------------------------------------------------------
+
+async def test_strict_permissions_guard_destructive_types_in_both_dialects(
+        service, http, register, settings: Settings) -> None:
+    device = await register(push_token=None)
+    plain = bearer(settings, "plain")
+    seed_error(await call(http, "POST", aosp(device), plain, {"command": "RESET_PASSWORD",
+                                                               "params": {"newPassword": "x"}}),
+               403, 4003)
+    seed_error(await call(http, "POST", aosp(device), plain, {"command": "DISENROLL"}), 403, 4003)
+    google_error(await call(http, "POST", amapi(device, tail=":issueCommand"), plain,
+                            {"type": "WIPE"}), 403, "PERMISSION_DENIED")
+    google_error(await call(http, "POST", amapi(device, tail=":issueCommand"), plain,
+                            {"type": "RELINQUISH_OWNERSHIP"}), 403, "PERMISSION_DENIED")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM commands WHERE aos_device = $1",
+                                   device) == 0
+    finally:
+        await conn.close()
+    assert (await call(http, "POST", aosp(device), plain, {"command": "LOCK"}))[0] == 200
+    assert (await call(http, "POST", amapi(device, tail=":issueCommand"), plain,
+                       {"type": "REBOOT"}))[0] == 200
+    wiper = bearer(settings, "wiper", perms=[*PERMISSIONS, "mdm.aosp.command.create.WIPE",
+                                             "mdm.aosp.command.create.DISENROLL"])
+    assert (await call(http, "POST", amapi(device, tail=":issueCommand"), wiper,
+                       {"type": "WIPE"}))[0] == 200
+    assert (await call(http, "POST", aosp(device), wiper, {"command": "DISENROLL"}))[0] == 200
+    seed_error(await call(http, "POST", aosp(device), wiper, {"command": "RESET_PASSWORD"}),
+               403, 4003)
 
 
 # -- token lifetime -----------------------------------------------------------------------

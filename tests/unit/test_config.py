@@ -63,11 +63,14 @@ def test_a_short_hs256_secret_is_refused_at_start() -> None:
         Settings.from_env({"DISPATCHER_JWT_MAX_TTL_S": "-1"})
 
 
-def test_token_options_are_read() -> None:
+def test_token_options_and_strict_permissions_are_read() -> None:
     s = Settings.from_env({"DISPATCHER_JWT_AUDIENCE": "dispatcher",
                            "DISPATCHER_JWT_ISSUER": "https://idp",
-                           "DISPATCHER_JWT_MAX_TTL_S": "900"})
-    assert (s.jwt_audience, s.jwt_issuer, s.jwt_max_ttl_s) == ("dispatcher", "https://idp", 900)
+                           "DISPATCHER_JWT_MAX_TTL_S": "900",
+                           "DISPATCHER_STRICT_PERMISSIONS": "true"})
+    assert (s.jwt_audience, s.jwt_issuer, s.jwt_max_ttl_s, s.strict_permissions) == (
+        "dispatcher", "https://idp", 900, True)
+    assert Settings.from_env({}).strict_permissions is False
 
 
 def test_the_secrets_of_dev_tooling_and_deploy_are_long_enough() -> None:

@@ -46,6 +46,8 @@ class NewCommand:
     duration_nanos: int = 0
     """The fraction of a second of the validity (``duration_s`` is the whole seconds)."""
     created_by: str | None = None
+    request_hash: str | None = None
+    """Keyed hash of the HTTP request that created it (idempotency replays are compared)."""
 
 
 def new_command(
@@ -123,6 +125,7 @@ async def store_commands(
         [c.user_name for c in commands],
         [c.duration_nanos for c in commands],
         [c.created_by for c in commands],
+        [c.request_hash for c in commands],
     )
     fx.moved([dict(r, previous=None) for r in rows])
     if any(r["status"] == Status.PENDING for r in rows):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from dispatcher.effects import Effects
 from dispatcher.events import CommandCreated
 from dispatcher.exceptions import StoreUnavailable
 from dispatcher.ingest import new_command, store_commands
+from dispatcher.lifecycle import effective_duration
 from dispatcher.store import QUERIES
 
 if TYPE_CHECKING:
@@ -321,17 +323,26 @@ def command_id(organization: str, key: str | None) -> str:
     return hashlib.sha256(f"{organization}\n{key}".encode()).hexdigest()[:24]
 
 
+def request_fingerprint(source: str, device: str, command: str, params: dict[str, Any],
+                        duration: Decimal) -> bytes:
+    """The canonical form of a create request (dialect, device, type, params, validity)."""
+    return json.dumps([source, device, command, params, str(duration)], sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
+
+
 async def create_command(request: web.Request, principal: auth.Principal, device: Any,
                          command: str, params: dict[str, Any],
                          duration: Decimal | float | None, source: str,
                          user_name: str | None = None) -> Any:
     """Create a command for a registered device (or find its idempotent twin); its row.
 
-    Under strict permissions a destructive type needs its own permission (403)."""
+    Under strict permissions a destructive type needs its own permission (403). A replay
+    of an ``Idempotency-Key`` with a different request answers 409 4010."""
     rt = runtime(request)
     principal.require_type(command, rt.settings.strict_permissions)
     store = store_of(request)
-    cid = command_id(device["organization"], request.headers.get("Idempotency-Key"))
+    key = request.headers.get("Idempotency-Key")
+    cid = command_id(device["organization"], key)
     try:
         event = CommandCreated(
             id=cid, organization=device["organization"], aosEnterprise=device["aos_enterprise"],
@@ -343,15 +354,30 @@ async def create_command(request: web.Request, principal: auth.Principal, device
     cmd = new_command(event, datetime.now(UTC), rt.settings.default_duration_s, rt.box,
                       exact_duration=exact, source=source, user_name=user_name,
                       created_by=principal.subject or None)
+    canonical = request_fingerprint(source, cmd.aos_device, command, params,
+                                    effective_duration(exact if exact is not None else duration,
+                                                       rt.settings.default_duration_s))
+    if key is not None:
+        cmd = dataclasses.replace(cmd, request_hash=rt.box.fingerprint(canonical))
     fx = Effects()
     async with store.transaction() as conn:
         inserted = await store_commands(conn, [cmd], fx)
         row = await conn.fetchrow(QUERIES["get_command"], cid)
     rt.on_effects(fx)
-    if cid not in inserted and (row["aos_device"] != cmd.aos_device or row["command"] != command):
+    if cid not in inserted and not _same_request(rt, row, cmd, canonical):
         raise ApiError(409, Code.IDEMPOTENCY_CONFLICT,
-                       "Idempotency-Key was already used for a different command")
+                       "Idempotency-Key was already used for a different request")
     return row
+
+
+def _same_request(rt: Runtime, row: Any, cmd: Any, canonical: bytes) -> bool:
+    """Whether the stored command of a replayed key was created by this very request."""
+    if row["aos_device"] != cmd.aos_device or row["command"] != cmd.command:
+        return False
+    stored = row["request_hash"]
+    if stored is None:  # stored before request fingerprints, or by a Kafka event
+        return True
+    return rt.box.same_fingerprint(canonical, stored) is not False
 
 
 async def cancel_command(request: web.Request, principal: auth.Principal, row: Any) -> Any:

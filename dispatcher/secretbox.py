@@ -31,6 +31,8 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -215,6 +217,23 @@ class SecretBox:
                               "(e.g. k1:$(openssl rand -base64 32))")
         self.primary = ring[0][0]
         self._aeads = {kid: AESGCM(key) for kid, key in ring}
+        # a separate key per ring key for fingerprints (never the encryption key itself)
+        self._macs = {kid: hmac.new(key, b"dispatcher request fingerprint v1",
+                                    hashlib.sha256).digest() for kid, key in ring}
+
+    def fingerprint(self, data: bytes) -> str:
+        """``kid:hex``: HMAC-SHA256 of ``data`` under the first key (a request that holds a
+        secret can be recognised without keeping it, or a guessable hash of it)."""
+        mac = hmac.new(self._macs[self.primary], data, hashlib.sha256).hexdigest()
+        return f"{self.primary}:{mac}"
+
+    def same_fingerprint(self, data: bytes, stored: str) -> bool | None:
+        """Whether ``stored`` is the fingerprint of ``data``; None when its key is gone."""
+        kid, _, mac = stored.rpartition(":")
+        key = self._macs.get(kid)
+        if key is None:
+            return None
+        return hmac.compare_digest(hmac.new(key, data, hashlib.sha256).hexdigest(), mac)
 
     @property
     def key_ids(self) -> list[str]:

@@ -74,22 +74,23 @@ SELECT id, aos_device, command, status, previous, created_at FROM moved;
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
-                         $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::text[])
+                         $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::text[],
+                         $17::text[])
         AS t(id, organization, aos_enterprise, aos_device, mdm_user, command, params, secret,
              status, duration_s, expires_at, created_at, source, user_name, duration_nanos,
-             created_by)
+             created_by, request_hash)
 ), inserted AS (
     INSERT INTO commands (id, organization, aos_enterprise, aos_device, mdm_user, command, params,
                           secret, status, duration_s, duration_nanos, expires_at, created_at,
                           updated_at, finished_at, next_push_at, source, user_name,
-                          created_by, error_type, error_message)
+                          created_by, request_hash, error_type, error_message)
     SELECT id, organization, aos_enterprise, aos_device, mdm_user, command, params,
            CASE WHEN status = 'PENDING' THEN secret END, status, duration_s, duration_nanos,
            expires_at,
            created_at, now(),
            CASE WHEN status <> 'PENDING' THEN now() END,
            CASE WHEN status = 'PENDING' THEN now() END,
-           source, user_name, created_by,
+           source, user_name, created_by, request_hash,
            CASE status WHEN 'EXPIRED' THEN 'EXPIRED_ON_ARRIVAL'
                        WHEN 'CANCEL' THEN 'DEVICE_DISENROLLED' END,
            CASE status WHEN 'EXPIRED' THEN 'the command''s validity had run out when it arrived'

@@ -208,6 +208,38 @@ async def test_a_token_living_longer_than_the_max_ttl_is_refused(
             )[0] == 200
 
 
+# -- idempotency replays ------------------------------------------------------------------
+
+async def test_an_idempotency_key_replayed_with_another_body_is_409(
+        service, http, register, settings: Settings) -> None:
+    device = await register(push_token=None)
+    auth = bearer(settings, "idem")
+    key = {"Idempotency-Key": "k-" + hex24()}
+    body = {"command": "LOCK", "duration": 60, "params": {"newPassword": PASSWORD}}
+    first = await call(http, "POST", aosp(device), auth, body, key)
+    assert first[0] == 200, first
+    again = await call(http, "POST", aosp(device), auth, body, key)
+    assert (again[0], again[1]["data"]["id"]) == (200, first[1]["data"]["id"])
+    for other in ({**body, "duration": 61}, {**body, "params": {"newPassword": "other"}},
+                  {"command": "LOCK", "duration": 60}):
+        seed_error(await call(http, "POST", aosp(device), auth, other, key), 409, 4010)
+    row = await row_of(settings, first[1]["data"]["id"])
+    assert row["request_hash"].startswith("t1:")
+    assert PASSWORD not in row["request_hash"]
+    assert row["duration_s"] == 60
+
+    gkey = {"Idempotency-Key": "g-" + hex24()}
+    gbody = {"type": "RESET_PASSWORD", "newPassword": PASSWORD}
+    resetter = bearer(settings, "idem", perms=[*PERMISSIONS,
+                                               "mdm.aosp.command.create.RESET_PASSWORD"])
+    op = await call(http, "POST", amapi(device, tail=":issueCommand"), resetter, gbody, gkey)
+    assert op[0] == 200, op
+    assert await call(http, "POST", amapi(device, tail=":issueCommand"), resetter, gbody,
+                      gkey) == op
+    google_error(await call(http, "POST", amapi(device, tail=":issueCommand"), resetter,
+                            {**gbody, "newPassword": "different"}, gkey), 409, "ABORTED")
+
+
 # -- each command's own organization (AMAPI) -----------------------------------------------
 
 async def test_a_device_moved_to_another_organization_does_not_take_its_commands_along(

@@ -183,3 +183,20 @@ def test_keys_never_show_in_the_settings_logged_at_start() -> None:
     shown = str(Settings.from_env({"DISPATCHER_SECRET_KEYS": keys}).redacted())
     assert keys.split(":", 1)[1] not in shown
     assert "'secret_keys': '<set>'" in shown
+
+
+def test_request_fingerprints_are_keyed_and_survive_rotation() -> None:
+    from dispatcher.secretbox import SecretBox, generate_keys
+
+    old = generate_keys("k1")
+    box = SecretBox(old)
+    mark = box.fingerprint(b'["aosp","dev","LOCK",{"newPassword":"pw"},"600"]')
+    assert mark.startswith("k1:")
+    assert "pw" not in mark
+    assert box.same_fingerprint(b'["aosp","dev","LOCK",{"newPassword":"pw"},"600"]', mark)
+    assert box.same_fingerprint(b'["aosp","dev","LOCK",{"newPassword":"px"},"600"]', mark) \
+        is False
+    rotated = SecretBox(generate_keys("k2") + "," + old)
+    assert rotated.same_fingerprint(b'["aosp","dev","LOCK",{"newPassword":"pw"},"600"]', mark)
+    assert SecretBox(generate_keys("k9")).same_fingerprint(b"x", mark) is None
+    assert SecretBox(generate_keys("k1")).fingerprint(b"x") != box.fingerprint(b"x")

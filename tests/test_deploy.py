@@ -529,3 +529,12 @@ def test_k8s_migration_job_has_its_own_role() -> None:
     assert f"FOR ROLE {_dsn_user(owner)} " in RUNTIME_ROLE_SQL.read_text()
     assert re.search(rf"^CREATE ROLE {_dsn_user(runtime)} ", RUNTIME_ROLE_SQL.read_text(), re.M)
     assert _mounted(migrate, job, _sslrootcert(owner))
+
+
+def test_every_setting_is_in_the_kubernetes_manifests() -> None:
+    """An operator reads the manifests for what can be set: every variable is there,
+    with a value or commented out with its use (secrets in the example Secret)."""
+    k8s = "".join(p.read_text() for p in (DEPLOY / "k8s").glob("*.yaml"))
+    dev_only = {"DISPATCHER_DEV_DIR"}  # `dispatcher dev`'s data directory
+    missing = [name for name, _, _ in VARIABLES if name not in k8s and name not in dev_only]
+    assert not missing, f"set or describe these in deploy/k8s: {missing}"

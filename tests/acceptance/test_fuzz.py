@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from dispatcher.config import Settings
 from dispatcher.events import INPUT_MODELS, parse
@@ -29,6 +31,8 @@ from tests.helpers import ack_event, command_event, device_event, hex24, iso, re
 pytestmark = pytest.mark.acceptance
 
 PER_TOPIC = 120
+PUBLIC_KEY = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 MAX_EVENT_BYTES = Settings().max_event_bytes  # the service runs with the default
 
 
@@ -37,7 +41,8 @@ def bases() -> dict[str, dict[str, Any]]:
     other = hex24()
     return {
         "commands.created": command_event(other),
-        "devices": device_event(other),
+        # publicKey too: a damaged key must be dead-lettered like any other bad field
+        "devices": device_event(other, publicKey=PUBLIC_KEY, pushProvider="pushy"),
         "device-acks": ack_event(hex24(), other, "DONE"),
         "commands.cancel": {"commandId": hex24(), "aosDevice": other, "at": iso()},
     }

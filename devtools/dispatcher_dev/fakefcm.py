@@ -27,12 +27,14 @@ detail instead. The fake never logs tokens or keys and runs without an access lo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import logging
 import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +45,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["ERRORS", "SCOPE", "FakeFcm", "MessageRecord"]
+
+log = logging.getLogger(__name__)
 
 SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -148,6 +152,9 @@ def _retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(0, math.ceil(seconds)))}
 
 
+OnSend = Callable[["MessageRecord"], Awaitable[None] | None]
+
+
 class FakeFcm:
     """An in-process FCM HTTP v1 server with a verifying OAuth2 token endpoint.
 
@@ -171,9 +178,13 @@ class FakeFcm:
 
     def __init__(self, project_id: str = "fake-project", *,
                  client_email: str = "dispatcher@fake-project.iam.gserviceaccount.com",
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """Create the fake and its service account's key pair."""
+                 clock: Callable[[], float] = time.monotonic,
+                 on_send: OnSend | None = None) -> None:
+        """Create the fake and its service account's key pair; ``on_send`` runs for each
+        accepted message (the fleet simulator answers with acks)."""
         self.project_id = project_id
+        self._on_send = on_send
+        self._callbacks: set[asyncio.Task[None]] = set()
         self.client_email = client_email
         self._clock = clock
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -254,6 +265,9 @@ class FakeFcm:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        for task in list(self._callbacks):
+            task.cancel()
+        await asyncio.gather(*self._callbacks, return_exceptions=True)
 
     # -- the token endpoint -----------------------------------------------------------------
 
@@ -305,6 +319,7 @@ class FakeFcm:
             if answer.status == 200:
                 record.name = str(answer.body["name"])
                 self.accepted.append(record)
+                self._schedule(record)
             return web.json_response(answer.body, status=answer.status, headers=answer.headers)
         finally:
             self.inflight -= 1
@@ -331,6 +346,22 @@ class FakeFcm:
             return fcm_error("UNREGISTERED")
         name = f"projects/{self.project_id}/messages/0:{secrets.token_hex(8)}"
         return _Answer(200, {"name": name})
+
+    def _schedule(self, record: MessageRecord) -> None:
+        if self._on_send is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_on_send(record))
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+
+    async def _run_on_send(self, record: MessageRecord) -> None:
+        assert self._on_send is not None
+        try:
+            result = self._on_send(record)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("fakefcm on_send callback failed for %s", record.name)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import secrets
 import time
@@ -169,7 +170,8 @@ async def test_quota_exceeded_honours_retry_after_and_5xx_are_retried(
 
 async def test_an_expired_access_token_is_refreshed_once_and_the_push_goes(
         fresh: Settings, kafka: Kafka, db: asyncpg.Connection, pushy: FakePushy,
-        fcm: FakeFcm, tmp_path: Path) -> None:
+        fcm: FakeFcm, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with serve(fresh, pushy, fcm, tmp_path):
         [device] = await devices(kafka, 1)
         first = await commands(kafka, [device])
@@ -181,6 +183,12 @@ async def test_an_expired_access_token_is_refreshed_once_and_the_push_goes(
     assert [r.status for r in fcm.requests] == [200, 401, 200]
     assert fcm.token_requests == 2
     assert (await statuses(db, second)) == {second[0]: "PENDING"}
+    # neither the access tokens nor the service account's key reach the logs
+    private_key = json.loads((tmp_path / "service-account.json").read_text())["private_key"]
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "ya29." not in logged
+    assert "PRIVATE KEY" not in logged
+    assert private_key.splitlines()[1] not in logged
 
 
 async def test_one_token_request_for_many_concurrent_pushes_and_one_per_expiry(

@@ -2,7 +2,9 @@
 
 ``/healthz`` answers while the process runs; ``/readyz`` answers 200 only when
 PostgreSQL answers with every migration applied and Kafka answers, 503 otherwise,
-with each check named in the body; ``/metrics`` is the Prometheus text format.
+with each check named in the body (and each push provider's health, which does not
+decide readiness: ``pushProvider`` for all, ``pushProviders`` one by one);
+``/metrics`` is the Prometheus text format.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ async def readyz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     if rt.pusher is not None:
         body["pushProvider"] = "ok" if rt.pusher.provider_healthy else "failing"
+        body["pushProviders"] = {name: "ok" if healthy else "failing"
+                                 for name, healthy in rt.pusher.provider_health().items()}
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +29,11 @@ from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUnavailable
 from dispatcher.expiry import Timer
 from dispatcher.kafka import INPUTS, Producer, ensure_topics
+from dispatcher.lanes import make_providers
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
-from dispatcher.push import Provider, Pusher, make_provider
+from dispatcher.push import Provider, Pusher
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import Store, check_migrated, migrate
 
@@ -109,14 +111,15 @@ async def connect(rt: Runtime, auto_migrate: bool | None = None,
     rt.producer = producer
 
 
-def build_loops(rt: Runtime, provider: Provider) -> list[Any]:
+def build_loops(rt: Runtime, providers: Sequence[Provider]) -> list[Any]:
     """The long-running loops of the service, each stopping on ``rt.stop``."""
     s = rt.settings
     assert rt.store is not None
     assert rt.producer is not None
-    rt.metrics.zero([s.topic(name) for name in INPUTS], provider.name)
+    for provider in providers:
+        rt.metrics.zero([s.topic(name) for name in INPUTS], provider.name)
     rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics)
-    rt.pusher = Pusher(s, rt.store, provider, rt.metrics, rt.box)
+    rt.pusher = Pusher(s, rt.store, providers, rt.metrics, rt.box)
     rt.pusher.outbox_wake = rt.relay.wake
     rt.processor = BatchProcessor(s, rt.store, rt.producer, rt.metrics, rt.box, rt.on_effects)
     rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
@@ -125,9 +128,10 @@ def build_loops(rt: Runtime, provider: Provider) -> list[Any]:
             timer.run(rt.stop)]
 
 
-async def serve(settings: Settings, provider: Provider | None = None,
+async def serve(settings: Settings, provider: Provider | Sequence[Provider] | None = None,
                 rt: Runtime | None = None) -> None:
-    """Run the whole service until SIGTERM/SIGINT (or ``rt.stop``)."""
+    """Run the whole service until SIGTERM/SIGINT (or ``rt.stop``); ``provider``: the
+    providers to push through instead of those the settings name (tests)."""
     if rt is None:
         rt = Runtime(settings, Metrics(), SecretBox(settings.secret_keys))
     loop = asyncio.get_running_loop()
@@ -135,7 +139,10 @@ async def serve(settings: Settings, provider: Provider | None = None,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, rt.stop.set)
     runner = await _start_http(rt)
-    provider = provider or make_provider(settings)
+    if provider is None:
+        providers = make_providers(settings)
+    else:
+        providers = list(provider) if isinstance(provider, Sequence) else [provider]
     tasks: list[asyncio.Task[Any]] = []
     try:
         try:
@@ -143,13 +150,13 @@ async def serve(settings: Settings, provider: Provider | None = None,
         except SchemaNotMigrated as exc:
             log.error("refusing to start: %s", exc)
             raise
-        tasks = [asyncio.create_task(c) for c in build_loops(rt, provider)]
+        tasks = [asyncio.create_task(c) for c in build_loops(rt, providers)]
         rt.started.set()
         log.info("dispatcher running", extra={"http": rt.http_url})
         await _until_stop_or_crash(rt.stop, tasks)
     finally:
         rt.stop.set()
-        await _shutdown(rt, tasks, provider, runner)
+        await _shutdown(rt, tasks, providers, runner)
 
 
 async def _until_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
@@ -162,15 +169,16 @@ async def _until_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task[Any
             raise task.exception()  # type: ignore[misc]
 
 
-async def _shutdown(rt: Runtime, tasks: list[asyncio.Task[Any]], provider: Provider,
-                    runner: web.AppRunner) -> None:
+async def _shutdown(rt: Runtime, tasks: list[asyncio.Task[Any]],
+                    providers: Sequence[Provider], runner: web.AppRunner) -> None:
     timeout = rt.settings.shutdown_timeout_s
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    await provider.close()
+    for provider in providers:
+        await provider.close()
     if rt.producer is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(rt.producer.stop(), timeout=5)

@@ -7,6 +7,7 @@ configuration table is generated from :data:`VARIABLES`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ def _var(name: str, default: Any, doc: str, secret: bool = False) -> Any:
 
 JWT_SECRET_MIN_BYTES = 32
 """RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
+PUSH_PROVIDERS = ("pushy", "fcm", "log")
+FCM_CREDENTIAL_FIELDS = ("client_email", "private_key", "token_uri", "project_id")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -37,7 +40,19 @@ class Settings:
     database_url: str = _var("DISPATCHER_DATABASE_URL", "", "PostgreSQL DSN")
     http_host: str = _var("DISPATCHER_HTTP_HOST", "127.0.0.1", "HTTP listen host")
     http_port: int = _var("DISPATCHER_HTTP_PORT", 8080, "HTTP listen port (0: any free port)")
-    push_provider: str = _var("DISPATCHER_PUSH_PROVIDER", "pushy", "push provider: pushy or log")
+    push_provider: str = _var(
+        "DISPATCHER_PUSH_PROVIDER", "pushy",
+        "push providers: pushy, fcm or log, or a comma list (pushy,fcm): the first is the "
+        "default, a device's pushProvider picks another",
+    )
+    fcm_credentials_file: str = _var(
+        "DISPATCHER_FCM_CREDENTIALS_FILE", "",
+        "Google service-account JSON for FCM HTTP v1 (its token_uri, client_email, "
+        "private_key and project_id are used as written); required with fcm",
+    )
+    fcm_api_url: str = _var(
+        "DISPATCHER_FCM_API_URL", "https://fcm.googleapis.com", "FCM HTTP v1 base URL"
+    )
     pushy_api_url: str = _var(
         "DISPATCHER_PUSHY_API_URL", "https://api.pushy.me", "Pushy-compatible push API base URL"
     )
@@ -185,8 +200,7 @@ class Settings:
 
     def validate(self) -> None:
         """Reject settings that cannot work, naming the variable."""
-        if self.push_provider not in ("pushy", "log"):
-            raise ConfigError("DISPATCHER_PUSH_PROVIDER must be 'pushy' or 'log'")
+        self._validate_providers()
         if self.push_concurrency < 1:
             raise ConfigError("DISPATCHER_PUSH_CONCURRENCY must be at least 1")
         if self.default_duration_s < 1:
@@ -204,6 +218,20 @@ class Settings:
         if self.jwt_max_ttl_s < 0:
             raise ConfigError("DISPATCHER_JWT_MAX_TTL_S must be 0 (no limit) or positive")
         self._validate_kafka_security()
+
+    @property
+    def push_providers(self) -> tuple[str, ...]:
+        """The configured providers, the default first."""
+        return tuple(p.strip() for p in self.push_provider.split(",") if p.strip())
+
+    def _validate_providers(self) -> None:
+        names = self.push_providers
+        if not names or any(n not in PUSH_PROVIDERS for n in names) or len(set(names)) < len(
+                names):
+            raise ConfigError("DISPATCHER_PUSH_PROVIDER must be pushy, fcm or log, or a comma "
+                              f"list of them without repeats (got {self.push_provider!r})")
+        if "fcm" in names:
+            check_fcm_credentials(self.fcm_credentials_file)
 
     def require_secret_keys(self) -> None:
         """`dispatcher run` needs the keys of command secrets: no built-in or derived key."""
@@ -257,6 +285,27 @@ SECRET_FIELDS: tuple[str, ...] = tuple(
 VARIABLES: list[tuple[str, str, str]] = [
     (f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)
 ]
+
+
+def check_fcm_credentials(path: str) -> None:
+    """A readable service-account JSON with the fields FCM needs; ConfigError otherwise.
+
+    Never quotes the file's content (it holds a private key)."""
+    variable = "DISPATCHER_FCM_CREDENTIALS_FILE"
+    if not path:
+        raise ConfigError(f"{variable} is required when DISPATCHER_PUSH_PROVIDER names fcm")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{variable}={path!r} cannot be read: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{variable}={path!r} is not JSON") from exc
+    missing = [k for k in FCM_CREDENTIAL_FIELDS
+               if not isinstance(info, dict) or not isinstance(info.get(k), str) or not info[k]]
+    if missing:
+        raise ConfigError(f"{variable}={path!r} is not a service-account key: it lacks "
+                          f"{', '.join(missing)}")
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:

@@ -130,7 +130,9 @@ class DeviceState(_In):
         default=None, description="PEM public key (RSA >= 2048 bits or EC P-256): secrets in a "
         "push to this device are sealed to it (docs/sealed-secrets.md)")
     pushProvider: Literal["pushy", "fcm"] | None = Field(
-        default=None, description="accepted for the contract; not used yet (one provider)")
+        default=None, description="the provider this device is pushed through (absent: the "
+        "first of DISPATCHER_PUSH_PROVIDER); one that is not configured ends its commands "
+        "ERROR PROVIDER_UNAVAILABLE")
 
 
 class DeviceAck(_In):

@@ -49,6 +49,10 @@ PUSH_ERROR_MESSAGES: dict[str, str] = {
     "RATE_LIMITED": "The push provider is limiting the rate of pushes",
     "PROVIDER_AUTH": "The push provider refused the dispatcher's credentials",
     "PROVIDER_ERROR": "The push provider failed",
+    "SENDER_ID_MISMATCH": "The device's push token belongs to another sender (FCM project)",
+    "THIRD_PARTY_AUTH_ERROR": "The push provider's credentials for the device's platform "
+                              "were refused (APNs or web push)",
+    "PROVIDER_UNAVAILABLE": "The device's push provider is not configured on this dispatcher",
 }
 """What a tenant is told for each push ``errorType``; the provider's own text (which may
 name other tenants' tokens, accounts or internals) goes to the logs only."""

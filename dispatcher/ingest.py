@@ -181,6 +181,7 @@ async def apply_devices(
         [e.state for e, _ in events],
         [at for _, at in events],
         [e.publicKey for e, _ in events],
+        [e.pushProvider for e, _ in events],
     )
     gone = [r["aos_device"] for r in rows if r["state"] == "DISENROLLED"]
     if gone:

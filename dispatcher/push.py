@@ -14,8 +14,9 @@ that were backing off forward. Permanent rejections end the command in ERROR wit
 is logged, never stored or answered). ``DISPATCHER_PUSH_RATE_PER_MIN`` is enforced before
 claiming, so a claimed push never waits for it.
 
-A provider is one class with ``name``, ``send`` and ``close``: FCM HTTP v1 fits as one
-more module.
+A provider is one class with ``name``, ``send`` and ``close`` (Pushy and log here, FCM
+HTTP v1 in ``fcm.py``). Several run side by side, each in its own lane (``lanes.py``):
+request slots, health and Retry-After pauses are per provider.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncio
 import logging
 import secrets as stdlib_secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,12 +37,14 @@ from dispatcher import sealing
 from dispatcher.aio import sleep_unless, wait_any
 from dispatcher.config import Settings
 from dispatcher.exceptions import (
+    PUSH_ERROR_MESSAGES,
     NoDeviceKey,
     PushError,
     SecretRefused,
     SecretUnreadable,
     StoreUnavailable,
 )
+from dispatcher.lanes import OVERFLOW_RETRY_S, Lane, lane_of, make_lanes
 from dispatcher.lifecycle import backoff_s, retry_delay_s
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, reveal, strip
@@ -188,19 +191,6 @@ class LogProvider:
         """Nothing to release."""
 
 
-def make_provider(settings: Settings) -> Provider:
-    """The provider the settings name.
-
-    A request never outlives its lease: past the lease another claim could send the
-    same push while the first is still in flight, so the request timeout is capped.
-    """
-    if settings.push_provider == "log":
-        return LogProvider()
-    timeout_s = min(settings.push_timeout_s, settings.push_lease_s * 0.8)
-    return PushyProvider(settings.pushy_api_url, settings.pushy_api_key,
-                         timeout_s, settings.push_concurrency)
-
-
 class RateLimiter:
     """A token bucket: at most ``per_min`` sends a minute, bursts of a tenth of a second's worth.
 
@@ -300,11 +290,12 @@ class Pusher:
     stays in PostgreSQL.
     """
 
-    def __init__(self, settings: Settings, store: Store, provider: Provider,
+    def __init__(self, settings: Settings, store: Store, provider: Provider | Sequence[Provider],
                  metrics: Metrics, box: SecretBox) -> None:
         self.settings = settings
         self.store = store
-        self.provider = provider
+        providers = list(provider) if isinstance(provider, Sequence) else [provider]
+        self.provider = providers[0]  # the default
         self.metrics = metrics
         self.box = box
         self.wake = asyncio.Event()
@@ -312,15 +303,15 @@ class Pusher:
         rate = settings.push_rate_per_min
         self.limiter = RateLimiter(rate) if rate else None
         self.inflight: set[asyncio.Task[None]] = set()
-        self.provider_failures = 0
-        self.paused_until = 0.0
         self.gate = ClaimGate()
         self._min_claim = max(1, settings.push_concurrency // 8)
         # Claimed ahead of free request slots: a slot that frees takes the next claimed
         # push at once instead of idling while a claim runs (measured at 50 ms provider
         # latency: ~80% of concurrency/latency without, ~90% with).
         self._ahead = max(1, settings.push_concurrency // 4)
-        self._slots = asyncio.Semaphore(settings.push_concurrency)
+        self.lanes: dict[str, Lane] = make_lanes(providers, settings.push_concurrency,
+                                                 self._ahead)
+        self._capacity = settings.push_concurrency * len(self.lanes)
         self._sending = 0
         self._stopping = False
         self._accepted: list[tuple[str, str, datetime]] = []
@@ -328,8 +319,13 @@ class Pusher:
 
     @property
     def provider_healthy(self) -> bool:
-        """False after several retriable failures in a row (an outage, a wrong key)."""
-        return self.provider_failures < 5
+        """False while a provider fails: several retriable failures in a row (an outage,
+        a wrong key); :meth:`provider_health` says which."""
+        return all(lane.healthy for lane in self.lanes.values())
+
+    def provider_health(self) -> dict[str, bool]:
+        """Each configured provider and whether it is healthy."""
+        return {name: lane.healthy for name, lane in self.lanes.items()}
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.25) -> None:
         """Claim and send until ``stop``; then wait for the requests in flight."""
@@ -337,7 +333,7 @@ class Pusher:
         backlog = False
         recorder = asyncio.create_task(self._record_accepted_loop(stop))
         while not stop.is_set():
-            free = self.settings.push_concurrency + self._ahead - len(self.inflight)
+            free = self._capacity + self._ahead - len(self.inflight)
             if free <= 0:
                 await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -374,8 +370,8 @@ class Pusher:
         await self._flush_accepted()
 
     def _pause_s(self) -> float:
-        """How long to wait before claiming: a provider's Retry-After, or the rate limit."""
-        pause = self.paused_until - time.monotonic()
+        """How long to wait before claiming: every provider's Retry-After, or the rate limit."""
+        pause = min(lane.hold_s() for lane in self.lanes.values())
         if self.limiter is not None:
             pause = max(pause, self.limiter.wait_s())
         return pause
@@ -436,9 +432,18 @@ class Pusher:
         """Send one claimed push and record the answer; a bug here leaves the lease to retry."""
         claimed_at = time.monotonic()
         try:
-            async with self._slots:
+            lane = lane_of(self.lanes, row)
+            if lane is None:
+                await self._unavailable(row)
+                return
+            if lane.full():
+                # This provider has no room (slow or hanging): the push goes back to the
+                # table for a moment rather than hold capacity the other providers need.
+                await self._record("push_retry", row["id"], max(lane.hold_s(), OVERFLOW_RETRY_S))
+                return
+            async with lane.slot():
                 waited = time.monotonic() - claimed_at
-                hold_s = max(self.paused_until - time.monotonic(), 0.0)
+                hold_s = lane.hold_s()
                 if self._stopping or hold_s > 0 or waited > self.settings.push_lease_s * 0.1:
                     # Not sent: shutting down, the provider asked for a pause, or the
                     # lease ran down while waiting (the request must not outlive it).
@@ -447,7 +452,7 @@ class Pusher:
                 self._sending += 1
                 self.metrics.push_inflight.set(self._sending)
                 try:
-                    await self._send(row)
+                    await self._send(row, lane)
                 finally:
                     self._sending -= 1
                     self.metrics.push_inflight.set(self._sending)
@@ -455,7 +460,7 @@ class Pusher:
             log.exception("push failed unexpectedly; its lease will retry it",
                           extra={"command_id": row["id"], "device_id": row["aos_device"]})
 
-    async def _send(self, row: Any) -> None:
+    async def _send(self, row: Any, lane: Lane) -> None:
         try:
             request = self._request(row)
         except SecretRefused as exc:
@@ -463,46 +468,62 @@ class Pusher:
             return
         started = time.monotonic()
         try:
-            push_id = await self.provider.send(request)
+            push_id = await lane.provider.send(request)
         except PushError as exc:
-            self._observe(started, exc.outcome)
-            await self._record_failure(row, exc)
+            self._observe(lane.name, started, exc.outcome)
+            await self._record_failure(row, exc, lane)
             return
-        self._observe(started, "accepted")
-        self.metrics.pushed(self.provider.name, row["created_at"], first=not row["pushes"])
+        self._observe(lane.name, started, "accepted")
+        self.metrics.pushed(lane.name, row["created_at"], first=not row["pushes"])
         log.debug("push accepted", extra={
             "command_id": row["id"], "device_id": row["aos_device"],
             "organization": row["organization"], "push_id": push_id})
-        recovered = not self.provider_healthy
-        self.provider_failures = 0
-        self.metrics.dependency_up.labels("push_provider").set(1)
+        recovered = not lane.healthy
+        lane.failures = 0
+        self._health()
         # The request slot is free now; the answer is recorded with others in one
         # statement (the command's lease keeps its device blocked until then).
         self._accepted.append((row["id"], push_id, row["expires_at"]))
         self._accepted_ready.set()
         if recovered:
-            log.info("the push provider accepts pushes again; retrying pushes now")
+            log.info("the push provider accepts pushes again; retrying pushes now",
+                     extra={"provider": lane.name})
             await self._record("push_recovered")
             self.wake.set()
 
-    def _observe(self, started: float, outcome: str) -> None:
-        self.metrics.push_duration.labels(self.provider.name).observe(time.monotonic() - started)
-        self.metrics.push_requests.labels(self.provider.name, outcome).inc()
+    def _observe(self, provider: str, started: float, outcome: str) -> None:
+        self.metrics.push_duration.labels(provider).observe(time.monotonic() - started)
+        self.metrics.push_requests.labels(provider, outcome).inc()
 
-    async def _record_failure(self, row: Any, exc: PushError) -> None:
+    def _health(self) -> None:
+        """``dependency_up``: ``push_provider`` (all providers) and one per provider."""
+        self.metrics.dependency_up.labels("push_provider").set(int(self.provider_healthy))
+        for name, lane in self.lanes.items():
+            self.metrics.dependency_up.labels(f"push_provider_{name}").set(int(lane.healthy))
+
+    async def _unavailable(self, row: Any) -> None:
+        """A device naming a provider that is not configured: ERROR, never sent elsewhere."""
+        log.warning("push refused: the device's push provider is not configured", extra={
+            "command_id": row["id"], "device_id": row["aos_device"],
+            "organization": row["organization"], "provider": row["push_provider"],
+            "error_type": "PROVIDER_UNAVAILABLE", "configured": list(self.lanes)})
+        await self._end_in_error(row, "PROVIDER_UNAVAILABLE",
+                                 PUSH_ERROR_MESSAGES["PROVIDER_UNAVAILABLE"])
+
+    async def _record_failure(self, row: Any, exc: PushError, lane: Lane) -> None:
         extra = {"command_id": row["id"], "device_id": row["aos_device"],
-                 "organization": row["organization"],
+                 "organization": row["organization"], "provider": lane.name,
                  "error_type": exc.error_type, "attempt": row["push_attempts"]}
         if exc.retriable:
-            self.provider_failures += 1
-            if not self.provider_healthy:
-                self.metrics.dependency_up.labels("push_provider").set(0)
+            lane.failures += 1
+            if not lane.healthy:
+                self._health()
             delay = retry_delay_s(row["push_attempts"], self.settings.push_backoff_base_s,
                                   self.settings.push_backoff_max_s, exc.retry_after_s)
             if exc.retry_after_s is not None:
                 # The provider's Retry-After is a floor for this push and a pause for all.
                 delay = max(delay, exc.retry_after_s)
-                self.paused_until = max(self.paused_until, time.monotonic() + exc.retry_after_s)
+                lane.paused_until = max(lane.paused_until, time.monotonic() + exc.retry_after_s)
             log.warning("push failed, will retry", extra={**extra, "error": str(exc),
                                                           "retry_in_s": round(delay, 2)})
             await self._record("push_retry", row["id"], delay)

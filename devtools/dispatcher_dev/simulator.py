@@ -1,6 +1,8 @@
-"""A device-fleet simulator for `dispatcher dev`: a Pushy-compatible endpoint playing devices.
+"""A device-fleet simulator for `dispatcher dev`: Pushy- and FCM-compatible endpoints playing
+devices.
 
-Each simulated device is registered on ``mdm.devices`` with a push token. When the
+Each simulated device is registered on ``mdm.devices`` with a push token and its provider
+(every second one ``fcm`` when the simulator has a fake FCM). When the
 dispatcher pushes to it, the device answers on ``mdm.device-acks`` the way a device
 gateway would: RECEIVED after a moment, then DONE, or ERROR for some, and nothing at
 all for the silent ones (those commands end EXPIRED).
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
+from dispatcher_dev.fakefcm import FakeFcm, MessageRecord
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ class SimDevice:
     organization: str
     aos_enterprise: str
     push_token: str
+    provider: str = "pushy"
 
 
 def now_iso() -> str:
@@ -38,13 +42,15 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def make_fleet(count: int, organization: str, enterprise: str, seed: int = 7) -> list[SimDevice]:
-    """A deterministic fleet, so device ids stay the same between runs."""
+def make_fleet(count: int, organization: str, enterprise: str, seed: int = 7,
+               providers: tuple[str, ...] = ("pushy",)) -> list[SimDevice]:
+    """A deterministic fleet, so device ids stay the same between runs; device ``i`` uses
+    ``providers[i % len(providers)]``."""
     rng = random.Random(seed)
     return [
         SimDevice(f"{rng.getrandbits(96):024x}", organization, enterprise,
-                  f"sim-{rng.getrandbits(64):016x}")
-        for _ in range(count)
+                  f"sim-{rng.getrandbits(64):016x}", providers[i % len(providers)])
+        for i in range(count)
     ]
 
 
@@ -63,6 +69,7 @@ class FleetSimulator:
         self.by_token = {d.push_token: d for d in fleet}
         self.api_key = api_key or secrets.token_hex(8)
         self.pushy = FakePushy(self.api_key, on_push=self._on_push)
+        self.fcm = FakeFcm("dispatcher-dev", on_send=self._on_send)
         self._producer: AIOKafkaProducer | None = None
         self._rng = random.Random()
 
@@ -74,22 +81,30 @@ class FleetSimulator:
         for d in self.fleet:
             event = {"aosDevice": d.aos_device, "organization": d.organization,
                      "aosEnterprise": d.aos_enterprise, "mdmUser": None,
-                     "pushToken": d.push_token, "state": "ACTIVE", "updatedAt": now_iso()}
+                     "pushToken": d.push_token, "state": "ACTIVE", "updatedAt": now_iso(),
+                     "pushProvider": d.provider}
             await self._producer.send(self.devices_topic, json.dumps(event).encode(),
                                       key=d.aos_device.encode())
         await self._producer.flush()
+        await self.fcm.start()
         return await self.pushy.start()
 
     async def stop(self) -> None:
         """Stop answering and close the producer."""
         await self.pushy.stop()
+        await self.fcm.stop()
         if self._producer is not None:
             await self._producer.stop()
 
     async def _on_push(self, record: PushRecord) -> None:
         token = record.to if isinstance(record.to, str) else record.to[0]
+        await self._answer(token, record.data.get("commandId"))
+
+    async def _on_send(self, record: MessageRecord) -> None:
+        await self._answer(record.token, record.data.get("commandId"))
+
+    async def _answer(self, token: str, command_id: str | None) -> None:
         device = self.by_token.get(token)
-        command_id = record.data.get("commandId")
         if device is None or not command_id:
             return
         roll = self._rng.random()

@@ -10,15 +10,17 @@
 
 -- name: upsert_devices
 -- Newer registry state wins; an older event (by updatedAt) changes nothing. The event is
--- the device's whole state: one without publicKey removes the key.
+-- the device's whole state: one without publicKey removes the key, one without
+-- pushProvider goes back to the default provider.
 INSERT INTO devices AS d (aos_device, organization, aos_enterprise, mdm_user, push_token, state, updated_at,
-                          public_key)
+                          public_key, push_provider)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-                     $8::text[])
+                     $8::text[], $9::text[])
 ON CONFLICT (aos_device) DO UPDATE
 SET organization = EXCLUDED.organization, aos_enterprise = EXCLUDED.aos_enterprise,
     mdm_user = EXCLUDED.mdm_user, push_token = EXCLUDED.push_token,
-    state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, public_key = EXCLUDED.public_key
+    state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, public_key = EXCLUDED.public_key,
+    push_provider = EXCLUDED.push_provider
 WHERE d.updated_at <= EXCLUDED.updated_at
 RETURNING aos_device, state, push_token IS NOT NULL AS has_token;
 
@@ -241,7 +243,7 @@ WITH due AS (
 ), candidates AS MATERIALIZED (
     SELECT c.id, c.aos_device, c.created_at, c.seq, c.push_lease_until AS old_lease,
            CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
-           dv.public_key,
+           dv.public_key, dv.push_provider,
            NOT EXISTS (
                SELECT 1 FROM commands o
                WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.pushes >= 0
@@ -273,7 +275,7 @@ WITH due AS (
               CASE WHEN r.chosen THEN c.secret END AS secret,
               CASE WHEN r.chosen THEN r.public_key END AS public_key,
               c.status, c.expires_at, c.created_at, c.push_attempts, c.pushes, r.push_token,
-              r.old_lease IS NOT NULL AS reclaimed, r.chosen AS claimed
+              r.push_provider, r.old_lease IS NOT NULL AS reclaimed, r.chosen AS claimed
 )
 SELECT * FROM updated;
 

@@ -69,7 +69,7 @@ def register(settings: Settings) -> Callable[..., Any]:
         try:
             await conn.fetch(QUERIES["upsert_devices"], [device], [org], [enterprise],
                              [mdm_user], [f"{push_token}-{device}" if push_token else None],
-                             [state], [datetime.now(UTC)], [None])
+                             [state], [datetime.now(UTC)], [None], [None])
         finally:
             await conn.close()
         return device

@@ -1,0 +1,118 @@
+"""Several push providers side by side: one lane each, so one's outage spares the others.
+
+``DISPATCHER_PUSH_PROVIDER=pushy,fcm`` configures both; the first is the default, and a
+device whose ``mdm.devices`` event names ``pushProvider`` is pushed through that one. A
+device naming a provider that is not configured is never pushed through another: its
+command ends ERROR ``PROVIDER_UNAVAILABLE``.
+
+Each provider has its own lane: its own ``DISPATCHER_PUSH_CONCURRENCY`` request slots, its
+own count of failures in a row (health: ``dependency_up{dependency="push_provider_<name>"}``
+and the ``/readyz`` body) and its own Retry-After pause. A claimed push whose lane has no
+free slot and already a full queue goes back to the table for a moment instead of
+waiting, so a provider that hangs holds at most its own slots and queue, never the
+capacity that the other providers' devices are claimed into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispatcher.config import Settings
+    from dispatcher.push import Provider
+
+UNHEALTHY_AFTER = 5
+"""Retriable failures in a row after which a provider counts as failing."""
+OVERFLOW_RETRY_S = 1.0
+"""How soon a push handed back by a lane without room is due again."""
+
+
+@dataclass
+class Lane:
+    """One provider's share of the pusher: request slots, failures in a row, pause."""
+
+    provider: Provider
+    slots: asyncio.Semaphore
+    queue_max: int
+    waiting: int = 0
+    failures: int = 0
+    paused_until: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """The provider's name (``pushy``, ``fcm``, ``log``)."""
+        return self.provider.name
+
+    @property
+    def healthy(self) -> bool:
+        """False after several retriable failures in a row (an outage, wrong credentials)."""
+        return self.failures < UNHEALTHY_AFTER
+
+    def full(self) -> bool:
+        """No free slot and already as many pushes waiting for one as the lane may queue."""
+        return self.slots.locked() and self.waiting >= self.queue_max
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the provider's request slots (counted as waiting until it is free)."""
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    def hold_s(self) -> float:
+        """Seconds this provider asked to be left alone (Retry-After), 0 when none."""
+        return max(self.paused_until - time.monotonic(), 0.0)
+
+
+def make_lanes(providers: Sequence[Provider], concurrency: int, queue_max: int) -> dict[str, Lane]:
+    """A lane per provider, in configuration order (the first is the default)."""
+    return {p.name: Lane(p, asyncio.Semaphore(concurrency), max(1, queue_max))
+            for p in providers}
+
+
+def lane_of(lanes: dict[str, Lane], row: Any) -> Lane | None:
+    """The lane of a claimed row's device: its pushProvider, or the default.
+
+    None when the device names a provider that is not configured (the ``log`` provider,
+    a development stand-in, takes every device).
+    """
+    default = next(iter(lanes.values()))
+    wanted = row.get("push_provider")
+    if wanted is None:
+        return default
+    return lanes.get(wanted) or (default if default.name == "log" else None)
+
+
+def make_providers(settings: Settings) -> list[Provider]:
+    """The providers ``DISPATCHER_PUSH_PROVIDER`` names, the default first.
+
+    A request never outlives its lease: past the lease another claim could send the
+    same push while the first is still in flight, so the request timeout is capped.
+    """
+    from dispatcher.fcm import AccessTokens, FcmProvider  # both import the pusher's module
+    from dispatcher.push import LogProvider, PushyProvider
+
+    timeout_s = min(settings.push_timeout_s, settings.push_lease_s * 0.8)
+    out: list[Provider] = []
+    for name in settings.push_providers:
+        if name == "log":
+            out.append(LogProvider())
+        elif name == "pushy":
+            out.append(PushyProvider(settings.pushy_api_url, settings.pushy_api_key,
+                                     timeout_s, settings.push_concurrency))
+        else:
+            tokens = AccessTokens(settings.fcm_credentials_file, timeout_s)
+            out.append(FcmProvider(settings.fcm_api_url, tokens, timeout_s,
+                                   settings.push_concurrency))
+    return out

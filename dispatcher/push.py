@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets as stdlib_secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,14 +107,10 @@ class PushyProvider:
                 self._url, params={"api_key": self._api_key}, json=body
             ) as response:
                 payload = await _json_or_empty(response)
-                return _pushy_answer(response, payload, request.token)
-        except TimeoutError as exc:
-            raise PushError("push request timed out", error_type="PUSH_TIMEOUT",
-                            retriable=True, outcome="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise PushError(f"cannot reach the push provider: {type(exc).__name__}",
-                            error_type="PUSH_UNREACHABLE", retriable=True,
-                            outcome="connection_error") from exc
+                return pushy_answer(response.status, payload, request.token,
+                                    retry_after_s(response.headers.get("Retry-After")))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc) from exc
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -131,30 +127,43 @@ async def _json_or_empty(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _pushy_answer(response: aiohttp.ClientResponse, payload: dict[str, Any], token: str) -> str:
-    """The push id of a success, or the PushError that the answer means."""
-    status = response.status
+def transport_error(exc: BaseException) -> PushError:
+    """What a failed request (no answer at all) means: always retriable."""
+    if isinstance(exc, TimeoutError):
+        return PushError("push request timed out", error_type="PUSH_TIMEOUT",
+                         retriable=True, outcome="timeout")
+    return PushError(f"cannot reach the push provider: {type(exc).__name__}",
+                     error_type="PUSH_UNREACHABLE", retriable=True, outcome="connection_error")
+
+
+def pushy_answer(status: int, payload: Mapping[str, Any], token: str,
+                 retry_after: float | None = None) -> str:
+    """The push id of Pushy's answer, or the :class:`PushError` it means (raised).
+
+    The one decision "permanent or retriable" for Pushy, pure: an unknown token and a
+    refused push are permanent; rate limits, server errors, timeouts and a refused API
+    key are retriable (``retry_after``, the parsed ``Retry-After``, only for 429/5xx/408).
+    """
     code = str(payload.get("code") or "")[:64]
     message = str(payload.get("error") or f"HTTP {status}")[:300]
     if token:
         message = message.replace(token, "<token>")  # logged: no device token in the logs
     if status == 200 and payload.get("id"):
-        failed = (payload.get("info") or {}).get("failed") or []
-        if token in failed or (payload.get("info") or {}).get("devices") == 0:
+        info = payload.get("info")
+        info = info if isinstance(info, Mapping) else {}
+        if token in (info.get("failed") or []) or info.get("devices") == 0:
             raise PushError("the push provider does not know this device token",
                             error_type="INVALID_TOKEN", retriable=False, outcome="rejected")
         return str(payload["id"])
     if status == 429:
         raise PushError("the push provider is rate limiting", error_type="RATE_LIMITED",
-                        retriable=True, retry_after_s=_retry_after(response),
-                        outcome="rate_limited")
+                        retriable=True, retry_after_s=retry_after, outcome="rate_limited")
     if status in (401, 403):
         raise PushError(f"the push provider refused the API key: {message}",
                         error_type="PROVIDER_AUTH", retriable=True, outcome="auth_error")
     if status >= 500 or status == 408:
         raise PushError(f"the push provider failed: {message}", error_type="PROVIDER_ERROR",
-                        retriable=True, retry_after_s=_retry_after(response),
-                        outcome="server_error")
+                        retriable=True, retry_after_s=retry_after, outcome="server_error")
     if code in PERMANENT_TOKEN_CODES:
         raise PushError(f"invalid device token: {message}", error_type="INVALID_TOKEN",
                         retriable=False, outcome="rejected")
@@ -162,8 +171,8 @@ def _pushy_answer(response: aiohttp.ClientResponse, payload: dict[str, Any], tok
                     error_type="PUSH_REJECTED", retriable=False, outcome="rejected")
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    value = response.headers.get("Retry-After")
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
     if not value:
         return None
     try:

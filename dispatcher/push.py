@@ -301,6 +301,27 @@ def repeat_bound(concurrency: int) -> int:
     return concurrency + max(1, concurrency // 4)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Accepted:
+    """A push the provider accepted, waiting to be recorded with its claim token."""
+
+    command_id: str
+    push_id: str
+    expires_at: datetime
+    claim: int
+    """``push_attempts`` as claimed: the answer applies only to that claim."""
+
+
+def _log_stale(batch: list[Accepted], stale: set[str]) -> None:
+    """Accepted pushes whose claim another claim took over: not recorded (the current
+    claim pushes again and records its own), so their push ids are logged here."""
+    for answer in batch:
+        if answer.command_id in stale:
+            log.warning("a push was accepted after its claim was taken over; the current "
+                        "claim records its own push", extra={
+                            "command_id": answer.command_id, "push_id": answer.push_id})
+
+
 class Pusher:
     """Claims due pushes from PostgreSQL and sends them with bounded concurrency.
 
@@ -332,7 +353,7 @@ class Pusher:
         self._slots = asyncio.Semaphore(settings.push_concurrency)
         self._sending = 0
         self._stopping = False
-        self._accepted: list[tuple[str, str, datetime]] = []
+        self._accepted: list[Accepted] = []
         self._accepted_ready = asyncio.Event()
 
     @property
@@ -451,7 +472,7 @@ class Pusher:
                 if self._stopping or hold_s > 0 or waited > self.settings.push_lease_s * 0.1:
                     # Not sent: shutting down, the provider asked for a pause, or the
                     # lease ran down while waiting (the request must not outlive it).
-                    await self._record("push_retry", row["id"], hold_s)
+                    await self._record("push_retry", row["id"], hold_s, row["push_attempts"])
                     return
                 self._sending += 1
                 self.metrics.push_inflight.set(self._sending)
@@ -487,7 +508,8 @@ class Pusher:
         self.metrics.dependency_up.labels("push_provider").set(1)
         # The request slot is free now; the answer is recorded with others in one
         # statement (the command's lease keeps its device blocked until then).
-        self._accepted.append((row["id"], push_id, row["expires_at"]))
+        self._accepted.append(Accepted(row["id"], push_id, row["expires_at"],
+                                       row["push_attempts"]))
         self._accepted_ready.set()
         if recovered:
             log.info("the push provider accepts pushes again; retrying pushes now")
@@ -514,7 +536,7 @@ class Pusher:
                 self.paused_until = max(self.paused_until, time.monotonic() + exc.retry_after_s)
             log.warning("push failed, will retry", extra={**extra, "error": str(exc),
                                                           "retry_in_s": round(delay, 2)})
-            await self._record("push_retry", row["id"], delay)
+            await self._record("push_retry", row["id"], delay, row["push_attempts"])
             return
         # The provider's text is for operators only: the tenant sees a fixed message.
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
@@ -532,7 +554,8 @@ class Pusher:
 
     async def _end_in_error(self, row: Any, error_type: str, message: str) -> None:
         """End the command ERROR (guarded: a terminal command stays), wake what follows."""
-        moved = await self._record("push_rejected", row["id"], error_type, message[:500])
+        moved = await self._record("push_rejected", row["id"], error_type, message[:500],
+                                   row["push_attempts"])
         self.metrics.transitions(moved)
         if moved and self.outbox_wake is not None:
             self.outbox_wake.set()
@@ -553,12 +576,13 @@ class Pusher:
             if not self._accepted:
                 self._accepted_ready.clear()
             batch.sort()  # lock rows in id order, like every other batch
-            woken = await self._record(
-                "push_accepted_many", [b[0] for b in batch], [b[1] for b in batch],
-                [b[2] for b in batch], self.settings.repush_after_s,
-                self.settings.repush_max + 1)
-            if woken:
+            rows = await self._record(
+                "push_accepted_many", [b.command_id for b in batch], [b.push_id for b in batch],
+                [b.expires_at for b in batch], self.settings.repush_after_s,
+                self.settings.repush_max + 1, [b.claim for b in batch])
+            if any(r["woken"] for r in rows):
                 self.wake.set()  # the devices' next commands may go now
+            _log_stale(batch, {r["stale"] for r in rows if r["stale"]})
 
     async def _record(self, name: str, *args: Any) -> list[Any]:
         """Record an answer; keep trying through a database outage (the lease is the bound)."""

@@ -294,6 +294,12 @@ class ClaimGate:
                 self._cond.notify_all()
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait until it has ended."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def repeat_bound(concurrency: int) -> int:
     """What a crash of one process can make the next claim push again: the requests in
     flight, plus answers received and not yet written (they are written in batches
@@ -362,10 +368,37 @@ class Pusher:
         return self.provider_failures < 5
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.25) -> None:
-        """Claim and send until ``stop``; then wait for the requests in flight."""
+        """Claim and send until ``stop``; then wait for the requests in flight.
+
+        The answer recorder runs beside the claims, supervised: when it fails (with any
+        error but an outage, which it rides out), the pusher stops claiming and raises
+        it, so the process stops loudly like any failed component (``app.py``) rather
+        than piling answers up while every push repeats. Answers not yet written are
+        pushed again when their leases run out (within :func:`repeat_bound`).
+        """
+        recorder = asyncio.create_task(self._record_accepted_loop(stop))
+        claiming = asyncio.create_task(self._claim_loop(stop, poll_s))
+        try:
+            await asyncio.wait([recorder, claiming], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            recorder.cancel()
+            claiming.cancel()
+            raise
+        if recorder.done() and not recorder.cancelled() and recorder.exception():
+            await _cancelled(claiming)
+            log.error("the push answer recorder failed; stopping",
+                      exc_info=recorder.exception())
+            recorder.result()  # raises
+        await claiming  # a failed claim loop raises here
+        self._stopping = True  # claimed pushes still waiting for a slot are handed back
+        await self.drain()
+        await recorder
+        await self._flush_accepted()
+
+    async def _claim_loop(self, stop: asyncio.Event, poll_s: float) -> None:
+        """Claim due pushes into free request slots until ``stop``."""
         failures = 0
         backlog = False
-        recorder = asyncio.create_task(self._record_accepted_loop(stop))
         while not stop.is_set():
             free = self.settings.push_concurrency + self._ahead - len(self.inflight)
             if free <= 0:
@@ -398,10 +431,6 @@ class Pusher:
             backlog = seen >= allowed
             if not backlog:
                 await wait_any(stop, self.wake, timeout_s=poll_s)
-        self._stopping = True  # claimed pushes still waiting for a slot are handed back
-        await self.drain()
-        await recorder
-        await self._flush_accepted()
 
     def _pause_s(self) -> float:
         """How long to wait before claiming: a provider's Retry-After, or the rate limit."""

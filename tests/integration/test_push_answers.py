@@ -1,10 +1,14 @@
-"""Every push answer is guarded by its claim, on a real PostgreSQL.
+"""Push answers, on a real PostgreSQL: each guarded by its claim, all written by a
+supervised recorder.
 
 A replica's answer can come late: its request outlived the lease, the push was claimed
 again (by another replica, here a direct ``claim_pushes`` call) and is in flight there.
 That late answer must leave the current claim alone: its lease stays, the command is
 neither rescheduled nor ended, and the current claim's own answer is the one recorded.
 An answer whose lease ran out but whose push nobody claimed again is still recorded.
+
+The recorder that writes accepted answers in batches must not die silently: a failure
+other than an outage stops the pusher with the error, logged, so the process stops.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from dispatcher.config import Settings
@@ -157,6 +162,37 @@ async def test_a_late_rejection_does_not_end_a_command_claimed_again(store: Stor
     moved = await store.fetch("push_rejected", command, "INVALID_TOKEN", "x",
                               second["push_attempts"])
     assert [r["status"] for r in moved] == ["ERROR"]
+
+
+async def test_a_failing_answer_recorder_stops_the_pusher_loudly(
+        short_lease: Settings, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    await due_command(store)
+    poison = f"poison-{hex24()}"  # a push id PostgreSQL refuses (not an outage)
+    await store.pool.execute("ALTER TABLE commands ADD CONSTRAINT no_poison"
+                             f" CHECK (push_id IS DISTINCT FROM '{poison}') NOT VALID")
+    provider = GatedProvider()
+    pusher = Pusher(short_lease, store, provider, Metrics(), SecretBox(short_lease.secret_keys))
+    stop = asyncio.Event()
+    running = asyncio.create_task(pusher.run(stop, poll_s=0.05))
+    try:
+        with caplog.at_level(logging.ERROR, logger="dispatcher.push"):
+            await wait_for(lambda: _at_least(provider.requests, 1), what="the request")
+            provider.requests[0][1].set_result(poison)
+            await wait_for(lambda: _done(running), timeout=10, what="the pusher to stop")
+        assert not stop.is_set()
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+            running.result()
+        (failure,) = [r for r in caplog.records if "recorder failed" in r.getMessage()]
+        assert failure.levelno == logging.ERROR
+        assert failure.exc_info
+    finally:
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await store.pool.execute("ALTER TABLE commands DROP CONSTRAINT no_poison")
+
+
+async def _done(task: asyncio.Task[None]) -> bool:
+    return task.done()
 
 
 async def _at_least(items: list[Any], n: int) -> bool:

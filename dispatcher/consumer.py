@@ -8,9 +8,12 @@ replays the batch; every write is idempotent, so a replay changes nothing twice.
 
 Nothing blocks a partition: an input that cannot be parsed (however malformed: deep
 nesting is refused before parsing, see :mod:`dispatcher.safejson`), or that the database
-rejects, is dead-lettered with its reason and the stream moves on. When PostgreSQL or
-the broker is unavailable the batch is retried with backoff, offsets stay where they
-are, and ``/readyz`` says so.
+rejects (:class:`StoreRejected`), is dead-lettered with its reason and the stream moves
+on. When PostgreSQL or the broker is unavailable the batch is retried with backoff,
+offsets stay where they are, and ``/readyz`` says so. Any other error while writing is
+a fault of the code, not of the input: it is never dead-lettered (that would lose good
+input); it propagates, the batch stays uncommitted and the process stops (``app.py``)
+to be restarted.
 
 Why aiokafka and not faust-streaming: see the README (measured on the embedded broker:
 faust's ``take_events`` acknowledges a batch in a ``finally`` even when the agent body
@@ -36,7 +39,12 @@ from dispatcher.config import Settings
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState, parse
-from dispatcher.exceptions import BrokerUnavailable, InvalidEvent, StoreUnavailable
+from dispatcher.exceptions import (
+    BrokerUnavailable,
+    InvalidEvent,
+    StoreRejected,
+    StoreUnavailable,
+)
 from dispatcher.kafka import Producer, client_security, input_topics, unavailable
 from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
@@ -114,14 +122,14 @@ class BatchProcessor:
         """Write the batch; on a data error, write record by record and dead-letter the culprit."""
         try:
             await self._retrying(lambda: self._write(parsed, fx))
-        except Exception as exc:  # a rejection of this data, not an outage: isolate it
+        except StoreRejected as exc:  # a rejection of this data: isolate the culprit
             log.warning("a batch was rejected; writing it record by record", extra={
                 "records": len(parsed.sources), "error": f"{type(exc).__name__}: {exc}"[:300]})
             if len(parsed.sources) <= 1:
                 for source in parsed.sources:
                     log.exception("store rejected an input", extra={"topic": source.topic,
                                   "partition": source.partition, "offset": source.offset})
-                    fx.reject(source, "store_rejected", f"{type(exc).__name__}: {exc}"[:500])
+                    fx.reject(source, "store_rejected", str(exc)[:500])
                 return
             for kind, items in parsed.by_kind.items():
                 for item in items:

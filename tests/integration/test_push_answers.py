@@ -18,11 +18,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.exceptions import PushError
+from dispatcher.exceptions import PushError, StoreRejected
 from dispatcher.metrics import Metrics
 from dispatcher.push import Pusher, PushRequest
 from dispatcher.secretbox import SecretBox, generate_keys
@@ -180,7 +179,7 @@ async def test_a_failing_answer_recorder_stops_the_pusher_loudly(
             provider.requests[0][1].set_result(poison)
             await wait_for(lambda: _done(running), timeout=10, what="the pusher to stop")
         assert not stop.is_set()
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+        with pytest.raises(StoreRejected, match="CheckViolationError"):
             running.result()
         (failure,) = [r for r in caplog.records if "recorder failed" in r.getMessage()]
         assert failure.levelno == logging.ERROR

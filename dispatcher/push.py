@@ -28,12 +28,13 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 import aiohttp
 
 from dispatcher import sealing
-from dispatcher.aio import sleep_unless, wait_any
+from dispatcher.aio import Backoff, retrying, sleep_unless, wait_any
 from dispatcher.config import Settings
 from dispatcher.exceptions import (
     NoDeviceKey,
@@ -42,7 +43,7 @@ from dispatcher.exceptions import (
     SecretUnreadable,
     StoreUnavailable,
 )
-from dispatcher.lifecycle import backoff_s, retry_delay_s
+from dispatcher.lifecycle import retry_delay_s
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, reveal, strip
 from dispatcher.store import Store
@@ -55,6 +56,8 @@ _ANSWER_GATHER_S = 0.003
 """How long accepted answers gather before they are recorded together."""
 _ANSWER_BATCH = 500
 """With a backlog, how long to let requests finish before claiming fewer than a batch."""
+_RECORD_BACKOFF = Backoff(0.2, 2.0, attempts=21)
+"""Writing an answer: 20 retries through an outage, then the lease retries the push."""
 WAKING_QUERIES = frozenset({"push_accepted", "push_accepted_many", "push_rejected"})
 """Answers that wake the device's next parked command (see :class:`ClaimGate`)."""
 
@@ -396,41 +399,44 @@ class Pusher:
         await self._flush_accepted()
 
     async def _claim_loop(self, stop: asyncio.Event, poll_s: float) -> None:
-        """Claim due pushes into free request slots until ``stop``."""
-        failures = 0
+        """Claim due pushes into free request slots until ``stop``; back off while the
+        database is down (each retry looks at the free slots and pauses again)."""
         backlog = False
         while not stop.is_set():
-            free = self.settings.push_concurrency + self._ahead - len(self.inflight)
-            if free <= 0:
-                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            if backlog and free < self._min_claim and self.inflight:
-                # More is due than there are free slots: let a few more requests finish
-                # so that one claim fills several slots (a claim per push would make the
-                # claim query, not the provider, the limit).
-                await asyncio.wait(self.inflight, timeout=_CLAIM_GATHER_S)
-                continue
-            pause_s = self._pause_s()
-            if pause_s > 0:
-                await sleep_unless(stop, pause_s)
-                continue
-            allowed = self.limiter.take(free) if self.limiter is not None else free
-            seen = claimed = 0
-            self.wake.clear()  # before the claim: a wake-up during it is not lost
             try:
-                seen, claimed = await self.claim(allowed)
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("cannot claim pushes", extra={"error": str(exc)[:200]})
-                await sleep_unless(stop, backoff_s(failures, 0.2, 5.0))
-                continue
-            finally:
-                if self.limiter is not None:
-                    self.limiter.give_back(allowed - claimed)
-            backlog = seen >= allowed
-            if not backlog:
-                await wait_any(stop, self.wake, timeout_s=poll_s)
+                backlog = await retrying(
+                    partial(self._claim_pass, stop, poll_s, backlog), stop,
+                    retry_on=StoreUnavailable, backoff=Backoff(0.2, 5.0), on_retry=_claim_failed)
+            except StoreUnavailable:
+                return  # stopping (retrying gives up only then)
+
+    async def _claim_pass(self, stop: asyncio.Event, poll_s: float, backlog: bool) -> bool:
+        """Wait for free slots, claim once, wait for more work; return whether more is due."""
+        free = self.settings.push_concurrency + self._ahead - len(self.inflight)
+        if free <= 0:
+            await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+            return backlog
+        if backlog and free < self._min_claim and self.inflight:
+            # More is due than there are free slots: let a few more requests finish
+            # so that one claim fills several slots (a claim per push would make the
+            # claim query, not the provider, the limit).
+            await asyncio.wait(self.inflight, timeout=_CLAIM_GATHER_S)
+            return backlog
+        pause_s = self._pause_s()
+        if pause_s > 0:
+            await sleep_unless(stop, pause_s)
+            return backlog
+        allowed = self.limiter.take(free) if self.limiter is not None else free
+        seen = claimed = 0
+        self.wake.clear()  # before the claim: a wake-up during it is not lost
+        try:
+            seen, claimed = await self.claim(allowed)
+        finally:
+            if self.limiter is not None:
+                self.limiter.give_back(allowed - claimed)
+        if seen < allowed:
+            await wait_any(stop, self.wake, timeout_s=poll_s)
+        return seen >= allowed
 
     def _pause_s(self) -> float:
         """How long to wait before claiming: a provider's Retry-After, or the rate limit."""
@@ -614,18 +620,27 @@ class Pusher:
             _log_stale(batch, {r["stale"] for r in rows if r["stale"]})
 
     async def _record(self, name: str, *args: Any) -> list[Any]:
-        """Record an answer; keep trying through a database outage (the lease is the bound)."""
-        attempt = 0
-        while True:
-            try:
-                if name in WAKING_QUERIES:
-                    async with self.gate.shared():
-                        return list(await self.store.fetch(name, *args))
+        """Record an answer; keep trying through a database outage (the lease is the bound).
+
+        Not cut short by the stop signal: writing the answers of the requests in flight
+        is what a graceful stop waits for. ``_RECORD_ATTEMPTS`` and
+        ``DISPATCHER_SHUTDOWN_TIMEOUT_S`` bound it; an answer given up is pushed again
+        when its lease runs out.
+        """
+        try:
+            return await retrying(partial(self._write_answer, name, *args), None,
+                                  retry_on=StoreUnavailable, backoff=_RECORD_BACKOFF)
+        except StoreUnavailable:
+            log.error("could not record a push answer; the lease will retry it",
+                      extra={"query": name, "command_id": args[0] if args else None})
+            return []
+
+    async def _write_answer(self, name: str, *args: Any) -> list[Any]:
+        if name in WAKING_QUERIES:
+            async with self.gate.shared():
                 return list(await self.store.fetch(name, *args))
-            except StoreUnavailable:
-                attempt += 1
-                if attempt > 20:
-                    log.error("could not record a push answer; the lease will retry it",
-                              extra={"query": name, "command_id": args[0] if args else None})
-                    return []
-                await asyncio.sleep(backoff_s(attempt, 0.2, 2.0))
+        return list(await self.store.fetch(name, *args))
+
+
+def _claim_failed(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("cannot claim pushes", extra={"error": str(exc)[:200]})

@@ -11,8 +11,10 @@ lost to a bug: the batch is replayed once the code is fixed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -22,11 +24,12 @@ from dispatcher import ingest
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor
 from dispatcher.deadletter import Source
+from dispatcher.exceptions import StoreUnavailable
 from dispatcher.kafka import Producer, ensure_topics
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import Store
-from tests.helpers import ack_event, command_event, hex24
+from tests.helpers import ack_event, command_event, hex24, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,26 @@ async def test_a_programming_error_is_not_dead_lettered(
     monkeypatch.setattr(ingest, "apply_created", apply_created)
     await processor.process(records(topic, cmds))
     assert await stored(settings, [c["id"] for c in cmds]) == {c["id"] for c in cmds}
+
+
+async def test_a_stop_ends_the_retries_of_a_batch_at_once(
+        processor: BatchProcessor, settings: Settings) -> None:
+    store = await Store.connect(settings.database_url)
+    await store.close()  # the database is gone for this processor: every write fails
+    stop = asyncio.Event()
+    processor = BatchProcessor(settings, store, processor.producer, Metrics(),
+                               SecretBox(generate_keys()), lambda fx: None, stop=stop)
+    topic = settings.topic("commands.created")
+    writing = asyncio.create_task(processor.process(records(topic, [command_event(hex24())])))
+    await wait_for(lambda: _retried(processor), what="a retry")
+    stop.set()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(writing, timeout=10)
+    assert time.monotonic() - started < 1, "the retry did not stop promptly"
+
+
+async def _retried(processor: BatchProcessor) -> bool:
+    up = processor.metrics.registry.get_sample_value("dispatcher_dependency_up",
+                                                     {"dependency": "postgres"})
+    return up == 0

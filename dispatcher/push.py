@@ -157,7 +157,7 @@ def pushy_answer(status: int, payload: Mapping[str, Any], token: str,
         if token in (info.get("failed") or []) or info.get("devices") == 0:
             raise PushError("the push provider does not know this device token",
                             error_type="INVALID_TOKEN", retriable=False, outcome="rejected")
-        return str(payload["id"])
+        return _clean_id(payload["id"])
     if status == 429:
         raise PushError("the push provider is rate limiting", error_type="RATE_LIMITED",
                         retriable=True, retry_after_s=retry_after, outcome="rate_limited")
@@ -172,6 +172,14 @@ def pushy_answer(status: int, payload: Mapping[str, Any], token: str,
                         retriable=False, outcome="rejected")
     raise PushError(f"the push provider rejected the push ({code or status}): {message}",
                     error_type="PUSH_REJECTED", retriable=False, outcome="rejected")
+
+
+def _clean_id(value: Any) -> str:
+    """A provider's push id as PostgreSQL stores it: a failure to write the answer stops
+    the process (see :meth:`Pusher.run`), so no answer may carry a NUL, a lone surrogate
+    or an unbounded length."""
+    text = str(value).encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    return text[:200]
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -88,3 +88,14 @@ def test_no_answer_at_all_is_retriable(exc: BaseException, error_type: str,
 ])
 def test_retry_after_in_seconds(header: str | None, seconds: float | None) -> None:
     assert retry_after_s(header) == seconds
+
+
+@pytest.mark.parametrize(("push_id", "stored"), [
+    ("5f1e2d3c4b5a69788796a5b4", "5f1e2d3c4b5a69788796a5b4"),
+    (12345, "12345"),
+    ("a\x00b", "ab"),
+    ("lone \ud800 surrogate", "lone ? surrogate"),
+    ("x" * 5000, "x" * 200),
+])
+def test_a_push_id_is_always_storable(push_id: Any, stored: str) -> None:
+    assert pushy_answer(200, {"id": push_id}, TOKEN) == stored

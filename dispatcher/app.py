@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from dispatcher import api, audit
-from dispatcher.aio import sleep_unless
+from dispatcher.aio import Backoff, retrying
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor, StreamConsumer
 from dispatcher.effects import Effects
@@ -30,7 +30,6 @@ from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUna
 from dispatcher.expiry import Timer
 from dispatcher.kafka import INPUTS, Producer, ensure_topics
 from dispatcher.lanes import make_providers
-from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
 from dispatcher.push import Provider, Pusher
@@ -72,18 +71,12 @@ class Runtime:
 
 
 async def _with_retry(what: str, stop: asyncio.Event, action: Any) -> Any:
-    attempt = 0
-    while True:
-        try:
-            return await action()
-        except (StoreUnavailable, BrokerUnavailable, OSError) as exc:
-            attempt += 1
-            if stop.is_set():
-                raise
-            delay = backoff_s(attempt, 0.5, 10.0)
-            log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:500],
-                                                               "retry_in_s": round(delay, 2)})
-            await sleep_unless(stop, delay)
+    def warn(exc: BaseException, attempt: int, delay: float) -> None:
+        log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:500],
+                                                           "retry_in_s": round(delay, 2)})
+
+    return await retrying(action, stop, retry_on=(StoreUnavailable, BrokerUnavailable, OSError),
+                          backoff=Backoff(0.5, 10.0), on_retry=warn)
 
 
 async def connect(rt: Runtime, auto_migrate: bool | None = None,
@@ -121,7 +114,8 @@ def build_loops(rt: Runtime, providers: Sequence[Provider]) -> list[Any]:
     rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics)
     rt.pusher = Pusher(s, rt.store, providers, rt.metrics, rt.box)
     rt.pusher.outbox_wake = rt.relay.wake
-    rt.processor = BatchProcessor(s, rt.store, rt.producer, rt.metrics, rt.box, rt.on_effects)
+    rt.processor = BatchProcessor(s, rt.store, rt.producer, rt.metrics, rt.box, rt.on_effects,
+                                  stop=rt.stop)
     rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
     timer = Timer(s, rt.store, rt.metrics, rt.processor, rt.on_effects)
     return [rt.consumer.run(rt.stop), rt.relay.run(rt.stop), rt.pusher.run(rt.stop),

@@ -24,6 +24,7 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from dispatcher.config import Settings
+from dispatcher.exceptions import DispatcherError
 
 PERMISSIONS = ("mdm.aosp.command.create", "mdm.aosp.command.read", "mdm.aosp.command.cancel")
 CREATE, READ, CANCEL = PERMISSIONS
@@ -37,7 +38,7 @@ def type_permission(command: str) -> str:
     return f"{CREATE}.{command}"
 
 
-class AuthError(Exception):
+class AuthError(DispatcherError):
     """A request without a valid token, or without the right to do what it asks."""
 
     def __init__(self, kind: str, message: str) -> None:

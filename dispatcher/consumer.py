@@ -8,9 +8,12 @@ replays the batch; every write is idempotent, so a replay changes nothing twice.
 
 Nothing blocks a partition: an input that cannot be parsed (however malformed: deep
 nesting is refused before parsing, see :mod:`dispatcher.safejson`), or that the database
-rejects, is dead-lettered with its reason and the stream moves on. When PostgreSQL or
-the broker is unavailable the batch is retried with backoff, offsets stay where they
-are, and ``/readyz`` says so.
+rejects (:class:`StoreRejected`), is dead-lettered with its reason and the stream moves
+on. When PostgreSQL or the broker is unavailable the batch is retried with backoff,
+offsets stay where they are, and ``/readyz`` says so. Any other error while writing is
+a fault of the code, not of the input: it is never dead-lettered (that would lose good
+input); it propagates, the batch stays uncommitted and the process stops (``app.py``)
+to be restarted.
 
 Why aiokafka and not faust-streaming: see the README (measured on the embedded broker:
 faust's ``take_events`` acknowledges a batch in a ``finally`` even when the agent body
@@ -32,13 +35,18 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from dispatcher import acks, deadletter, ingest
+from dispatcher.aio import Backoff, retrying
 from dispatcher.config import Settings
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState, parse
-from dispatcher.exceptions import BrokerUnavailable, InvalidEvent, StoreUnavailable
+from dispatcher.exceptions import (
+    BrokerUnavailable,
+    InvalidEvent,
+    StoreRejected,
+    StoreUnavailable,
+)
 from dispatcher.kafka import Producer, client_security, input_topics, unavailable
-from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import QUERIES, Store
@@ -72,8 +80,12 @@ class BatchProcessor:
         metrics: Metrics,
         box: SecretBox,
         on_effects: Callable[[Effects], None],
+        *,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.settings = settings
+        self.stop = stop or asyncio.Event()
+        """Set on shutdown: retries end, and the batch in progress is not committed."""
         self.store = store
         self.producer = producer
         self.metrics = metrics
@@ -114,14 +126,14 @@ class BatchProcessor:
         """Write the batch; on a data error, write record by record and dead-letter the culprit."""
         try:
             await self._retrying(lambda: self._write(parsed, fx))
-        except Exception as exc:  # a rejection of this data, not an outage: isolate it
+        except StoreRejected as exc:  # a rejection of this data: isolate the culprit
             log.warning("a batch was rejected; writing it record by record", extra={
                 "records": len(parsed.sources), "error": f"{type(exc).__name__}: {exc}"[:300]})
             if len(parsed.sources) <= 1:
                 for source in parsed.sources:
                     log.exception("store rejected an input", extra={"topic": source.topic,
                                   "partition": source.partition, "offset": source.offset})
-                    fx.reject(source, "store_rejected", f"{type(exc).__name__}: {exc}"[:500])
+                    fx.reject(source, "store_rejected", str(exc)[:500])
                 return
             for kind, items in parsed.by_kind.items():
                 for item in items:
@@ -146,39 +158,32 @@ class BatchProcessor:
         fx.absorb(attempt)
 
     async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:
-        attempt = 0
-        while True:
-            try:
-                await work()
-                self.metrics.dependency_up.labels("postgres").set(1)
-                return
-            except StoreUnavailable as exc:
-                attempt += 1
-                self.metrics.dependency_up.labels("postgres").set(0)
-                delay = backoff_s(attempt, 0.2, 5.0)
-                log.warning("database unavailable, retrying", extra={
-                    "error": str(exc)[:200], "retry_in_s": round(delay, 2)})
-                await asyncio.sleep(delay)
+        def down(exc: BaseException, attempt: int, delay: float) -> None:
+            self.metrics.dependency_up.labels("postgres").set(0)
+            log.warning("database unavailable, retrying", extra={
+                "error": str(exc)[:200], "retry_in_s": round(delay, 2)})
+
+        await retrying(work, self.stop, retry_on=StoreUnavailable, backoff=Backoff(0.2, 5.0),
+                       on_retry=down)
+        self.metrics.dependency_up.labels("postgres").set(1)
 
     async def publish_dead_letters(self, fx: Effects) -> None:
         """Send the batch's dead letters; wait until the broker has them (retrying)."""
         if not fx.dead:
             return
         records = [(source.key, deadletter.encode(letter)) for source, letter in fx.dead]
-        attempt = 0
-        while True:
-            try:
-                await self.producer.send_all(self.settings.topic("dead-letter"), records)
-                break
-            except BrokerUnavailable as exc:
-                attempt += 1
-                log.warning("cannot publish dead letters, retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff_s(attempt, 0.2, 5.0))
+        await retrying(lambda: self.producer.send_all(self.settings.topic("dead-letter"), records),
+                       self.stop, retry_on=BrokerUnavailable, backoff=Backoff(0.2, 5.0),
+                       on_retry=_dead_letters_failed)
         for source, letter in fx.dead:
             self.metrics.dead_letters.labels(source.topic, letter.reason).inc()
             log.info("dead-lettered an input", extra={
                 "topic": source.topic, "partition": source.partition, "offset": source.offset,
                 "reason": letter.reason, "detail": letter.detail[:300]})
+
+
+def _dead_letters_failed(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("cannot publish dead letters, retrying", extra={"error": str(exc)})
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -197,6 +202,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [f"{t.topic}/{t.partition}"
                                                             for t in assigned]})
+
+
+def _kafka_unreachable(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("cannot reach Kafka, retrying", extra={"error": str(exc)})
 
 
 class StreamConsumer:
@@ -241,9 +250,8 @@ class StreamConsumer:
                 batches = await consumer.getmany(timeout_ms=200,
                                                  max_records=self.settings.batch_max)
                 self.assigned = bool(consumer.assignment())
-                if batches:
-                    async with self._lock:
-                        await self._handle(consumer, batches)
+                if batches and not await self._handle_unless_stopped(consumer, batches, stop):
+                    break
                 if time.monotonic() - last_lag > 2:
                     last_lag = time.monotonic()
                     await self._report_lag(consumer)
@@ -252,18 +260,29 @@ class StreamConsumer:
             self.consumer = None
 
     async def _start(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        attempt = 0
-        while True:
+        async def start() -> None:
             try:
                 await consumer.start()
-                return
             except Exception as exc:  # any failure to start: see kafka.unavailable()
-                attempt += 1
-                error = await unavailable(self.settings, "cannot start the consumer", exc)
-                if stop.is_set():
-                    raise error from exc
-                log.warning("cannot reach Kafka, retrying", extra={"error": str(error)})
-                await asyncio.sleep(backoff_s(attempt, 0.5, 10.0))
+                raise await unavailable(self.settings, "cannot start the consumer", exc) from exc
+
+        await retrying(start, stop, retry_on=BrokerUnavailable, backoff=Backoff(0.5, 10.0),
+                       on_retry=_kafka_unreachable)
+
+    async def _handle_unless_stopped(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Handle a batch; False when a stop ended its retries (it is left uncommitted)."""
+        try:
+            async with self._lock:
+                await self._handle(consumer, batches)
+        except (StoreUnavailable, BrokerUnavailable):
+            if not stop.is_set():
+                raise
+            log.info("stopping with a batch not yet durable; it is consumed again at the start")
+            return False
+        return True
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]

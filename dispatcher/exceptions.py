@@ -1,4 +1,7 @@
-"""One exception root. Each class says whether retrying can help; docstrings are the messages."""
+"""One exception root. Each class says whether retrying can help; docstrings are the messages.
+
+The HTTP layer's :class:`~dispatcher.auth.AuthError` and :class:`~dispatcher.routes.ApiError`
+are under this root too, beside the code that raises and answers them."""
 
 from __future__ import annotations
 
@@ -24,6 +27,15 @@ class StoreUnavailable(DispatcherError):
     """PostgreSQL is unreachable or failed a transient way."""
 
     retriable = True
+
+
+class StoreRejected(DispatcherError):
+    """PostgreSQL cannot store this input: a value out of range or of the wrong form, a
+    violated constraint, or a time past the latest one a timestamp holds.
+
+    Not retriable: the same input fails the same way. The consumer dead-letters the
+    input (``store_rejected``); any other error is a fault of the code, not of the input.
+    """
 
 
 class BrokerUnavailable(DispatcherError):

@@ -19,13 +19,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from dispatcher import deadletter, ingest
-from dispatcher.aio import sleep_unless
+from dispatcher.aio import Backoff, retrying, sleep_unless
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
-from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.store import Store, walk
 
@@ -49,6 +48,7 @@ class Timer:
         self.processor = processor
         self.on_effects = on_effects
         self._last_repair = 0.0
+        self._failures = 0
         self._waking = asyncio.Lock()
 
     async def expire(self) -> int:
@@ -145,19 +145,21 @@ class Timer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every interval until ``stop``; back off while a dependency is down."""
-        failures = 0
+        interval = self.settings.expiry_interval_s
+        backoff = Backoff(interval, 5.0, floor_s=interval)
         while not stop.is_set():
-            pause = self.settings.expiry_interval_s
             try:
-                await self.tick()
-                if failures:
-                    log.info("timer passes work again", extra={"failed_passes": failures})
-                failures = 0
-            except (StoreUnavailable, BrokerUnavailable) as exc:
-                failures += 1
-                pause = max(pause, backoff_s(failures, pause, 5.0))
-                if failures == 1 or failures % 10 == 0:  # an outage logs a line, not a flood
-                    log.warning("timer pass failed", extra={
-                        "error": str(exc)[:200], "failed_passes": failures,
-                        "retry_in_s": round(pause, 2)})
-            await sleep_unless(stop, pause)
+                await retrying(self.tick, stop, retry_on=(StoreUnavailable, BrokerUnavailable),
+                               backoff=backoff, on_retry=self._failed)
+            except (StoreUnavailable, BrokerUnavailable):
+                return  # stopping (retrying gives up only then)
+            if self._failures:
+                log.info("timer passes work again", extra={"failed_passes": self._failures})
+                self._failures = 0
+            await sleep_unless(stop, interval)
+
+    def _failed(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self._failures = attempt
+        if attempt == 1 or attempt % 10 == 0:  # an outage logs a line, not a flood
+            log.warning("timer pass failed", extra={
+                "error": str(exc)[:200], "failed_passes": attempt, "retry_in_s": round(delay, 2)})

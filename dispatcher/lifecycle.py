@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
+from dispatcher.exceptions import StoreRejected
+
 
 class Status(StrEnum):
     """Status of a command."""
@@ -122,8 +124,15 @@ def split_duration(duration_s: Decimal) -> tuple[int, int]:
 
 def deadline(created_at: datetime, duration_s: Decimal | int) -> datetime:
     """When a command created at ``created_at`` with ``duration_s`` of validity expires
-    (to the microsecond, the resolution of a timestamp)."""
-    return created_at + timedelta(seconds=float(duration_s))
+    (to the microsecond, the resolution of a timestamp).
+
+    Raises :class:`StoreRejected` for a deadline past the latest time that can be stored.
+    """
+    try:
+        return created_at + timedelta(seconds=float(duration_s))
+    except OverflowError as exc:
+        raise StoreRejected(f"the deadline is past the latest time that can be stored: "
+                            f"{created_at.isoformat()} + {duration_s}s") from exc
 
 
 def initial_status(expires_at: datetime, now: datetime) -> Status:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from dispatcher.aio import sleep_unless, wait_any
+from dispatcher.aio import Backoff, retrying, wait_any
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
 from dispatcher.kafka import Producer
-from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.store import QUERIES, Store, walk
 
@@ -50,18 +49,19 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.5) -> None:
         """Relay until ``stop``; woken early by :attr:`wake` after each committed batch."""
-        failures = 0
         while not stop.is_set():
             try:
-                sent = await self.relay_once()
-                failures = 0
-            except (StoreUnavailable, BrokerUnavailable) as exc:
-                failures += 1
-                log.warning("status relay failed, retrying", extra={"error": str(exc)[:200]})
-                await sleep_unless(stop, backoff_s(failures, 0.2, 5.0))
-                continue
+                sent = await retrying(self.relay_once, stop,
+                                      retry_on=(StoreUnavailable, BrokerUnavailable),
+                                      backoff=Backoff(0.2, 5.0), on_retry=_relay_failed)
+            except (StoreUnavailable, BrokerUnavailable):
+                return  # stopping (retrying gives up only then)
             if sent >= self.batch:
                 continue
             self.wake.clear()
             await wait_any(stop, self.wake, timeout_s=poll_s)
 
+
+
+def _relay_failed(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("status relay failed, retrying", extra={"error": str(exc)[:200]})

@@ -25,16 +25,17 @@ import asyncio
 import logging
 import secrets as stdlib_secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 import aiohttp
 
 from dispatcher import sealing
-from dispatcher.aio import sleep_unless, wait_any
+from dispatcher.aio import Backoff, retrying, sleep_unless, wait_any
 from dispatcher.config import Settings
 from dispatcher.exceptions import (
     PUSH_ERROR_MESSAGES,
@@ -45,7 +46,7 @@ from dispatcher.exceptions import (
     StoreUnavailable,
 )
 from dispatcher.lanes import OVERFLOW_RETRY_S, Lane, lane_of, make_lanes
-from dispatcher.lifecycle import backoff_s, retry_delay_s
+from dispatcher.lifecycle import retry_delay_s
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, reveal, strip
 from dispatcher.store import Store
@@ -58,6 +59,8 @@ _ANSWER_GATHER_S = 0.003
 """How long accepted answers gather before they are recorded together."""
 _ANSWER_BATCH = 500
 """With a backlog, how long to let requests finish before claiming fewer than a batch."""
+_RECORD_BACKOFF = Backoff(0.2, 2.0, attempts=21)
+"""Writing an answer: 20 retries through an outage, then the lease retries the push."""
 WAKING_QUERIES = frozenset({"push_accepted", "push_accepted_many", "push_rejected"})
 """Answers that wake the device's next parked command (see :class:`ClaimGate`)."""
 
@@ -110,14 +113,10 @@ class PushyProvider:
                 self._url, params={"api_key": self._api_key}, json=body
             ) as response:
                 payload = await _json_or_empty(response)
-                return _pushy_answer(response, payload, request.token)
-        except TimeoutError as exc:
-            raise PushError("push request timed out", error_type="PUSH_TIMEOUT",
-                            retriable=True, outcome="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise PushError(f"cannot reach the push provider: {type(exc).__name__}",
-                            error_type="PUSH_UNREACHABLE", retriable=True,
-                            outcome="connection_error") from exc
+                return pushy_answer(response.status, payload, request.token,
+                                    retry_after_s(response.headers.get("Retry-After")))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc) from exc
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -134,30 +133,43 @@ async def _json_or_empty(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _pushy_answer(response: aiohttp.ClientResponse, payload: dict[str, Any], token: str) -> str:
-    """The push id of a success, or the PushError that the answer means."""
-    status = response.status
+def transport_error(exc: BaseException) -> PushError:
+    """What a failed request (no answer at all) means: always retriable."""
+    if isinstance(exc, TimeoutError):
+        return PushError("push request timed out", error_type="PUSH_TIMEOUT",
+                         retriable=True, outcome="timeout")
+    return PushError(f"cannot reach the push provider: {type(exc).__name__}",
+                     error_type="PUSH_UNREACHABLE", retriable=True, outcome="connection_error")
+
+
+def pushy_answer(status: int, payload: Mapping[str, Any], token: str,
+                 retry_after: float | None = None) -> str:
+    """The push id of Pushy's answer, or the :class:`PushError` it means (raised).
+
+    The one decision "permanent or retriable" for Pushy, pure: an unknown token and a
+    refused push are permanent; rate limits, server errors, timeouts and a refused API
+    key are retriable (``retry_after``, the parsed ``Retry-After``, only for 429/5xx/408).
+    """
     code = str(payload.get("code") or "")[:64]
     message = str(payload.get("error") or f"HTTP {status}")[:300]
     if token:
         message = message.replace(token, "<token>")  # logged: no device token in the logs
     if status == 200 and payload.get("id"):
-        failed = (payload.get("info") or {}).get("failed") or []
-        if token in failed or (payload.get("info") or {}).get("devices") == 0:
+        info = payload.get("info")
+        info = info if isinstance(info, Mapping) else {}
+        if token in (info.get("failed") or []) or info.get("devices") == 0:
             raise PushError("the push provider does not know this device token",
                             error_type="INVALID_TOKEN", retriable=False, outcome="rejected")
-        return str(payload["id"])
+        return _clean_id(payload["id"])
     if status == 429:
         raise PushError("the push provider is rate limiting", error_type="RATE_LIMITED",
-                        retriable=True, retry_after_s=_retry_after(response),
-                        outcome="rate_limited")
+                        retriable=True, retry_after_s=retry_after, outcome="rate_limited")
     if status in (401, 403):
         raise PushError(f"the push provider refused the API key: {message}",
                         error_type="PROVIDER_AUTH", retriable=True, outcome="auth_error")
     if status >= 500 or status == 408:
         raise PushError(f"the push provider failed: {message}", error_type="PROVIDER_ERROR",
-                        retriable=True, retry_after_s=_retry_after(response),
-                        outcome="server_error")
+                        retriable=True, retry_after_s=retry_after, outcome="server_error")
     if code in PERMANENT_TOKEN_CODES:
         raise PushError(f"invalid device token: {message}", error_type="INVALID_TOKEN",
                         retriable=False, outcome="rejected")
@@ -165,8 +177,16 @@ def _pushy_answer(response: aiohttp.ClientResponse, payload: dict[str, Any], tok
                     error_type="PUSH_REJECTED", retriable=False, outcome="rejected")
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    value = response.headers.get("Retry-After")
+def _clean_id(value: Any) -> str:
+    """A provider's push id as PostgreSQL stores it: a failure to write the answer stops
+    the process (see :meth:`Pusher.run`), so no answer may carry a NUL, a lone surrogate
+    or an unbounded length."""
+    text = str(value).encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    return text[:200]
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
     if not value:
         return None
     try:
@@ -275,11 +295,38 @@ class ClaimGate:
                 self._cond.notify_all()
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait until it has ended."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def repeat_bound(concurrency: int) -> int:
     """What a crash of one process can make the next claim push again: the requests in
     flight, plus answers received and not yet written (they are written in batches
     every few milliseconds, and a slot freed by an answer takes the next claimed push)."""
     return concurrency + max(1, concurrency // 4)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Accepted:
+    """A push the provider accepted, waiting to be recorded with its claim token."""
+
+    command_id: str
+    push_id: str
+    expires_at: datetime
+    claim: int
+    """``push_attempts`` as claimed: the answer applies only to that claim."""
+
+
+def _log_stale(batch: list[Accepted], stale: set[str]) -> None:
+    """Accepted pushes whose claim another claim took over: not recorded (the current
+    claim pushes again and records its own), so their push ids are logged here."""
+    for answer in batch:
+        if answer.command_id in stale:
+            log.warning("a push was accepted after its claim was taken over; the current "
+                        "claim records its own push", extra={
+                            "command_id": answer.command_id, "push_id": answer.push_id})
 
 
 class Pusher:
@@ -314,7 +361,7 @@ class Pusher:
         self._capacity = settings.push_concurrency * len(self.lanes)
         self._sending = 0
         self._stopping = False
-        self._accepted: list[tuple[str, str, datetime]] = []
+        self._accepted: list[Accepted] = []
         self._accepted_ready = asyncio.Event()
 
     @property
@@ -328,46 +375,72 @@ class Pusher:
         return {name: lane.healthy for name, lane in self.lanes.items()}
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.25) -> None:
-        """Claim and send until ``stop``; then wait for the requests in flight."""
-        failures = 0
-        backlog = False
+        """Claim and send until ``stop``; then wait for the requests in flight.
+
+        The answer recorder runs beside the claims, supervised: when it fails (with any
+        error but an outage, which it rides out), the pusher stops claiming and raises
+        it, so the process stops loudly like any failed component (``app.py``) rather
+        than piling answers up while every push repeats. Answers not yet written are
+        pushed again when their leases run out (within :func:`repeat_bound`).
+        """
         recorder = asyncio.create_task(self._record_accepted_loop(stop))
-        while not stop.is_set():
-            free = self._capacity + self._ahead - len(self.inflight)
-            if free <= 0:
-                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            if backlog and free < self._min_claim and self.inflight:
-                # More is due than there are free slots: let a few more requests finish
-                # so that one claim fills several slots (a claim per push would make the
-                # claim query, not the provider, the limit).
-                await asyncio.wait(self.inflight, timeout=_CLAIM_GATHER_S)
-                continue
-            pause_s = self._pause_s()
-            if pause_s > 0:
-                await sleep_unless(stop, pause_s)
-                continue
-            allowed = self.limiter.take(free) if self.limiter is not None else free
-            seen = claimed = 0
-            self.wake.clear()  # before the claim: a wake-up during it is not lost
-            try:
-                seen, claimed = await self.claim(allowed)
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("cannot claim pushes", extra={"error": str(exc)[:200]})
-                await sleep_unless(stop, backoff_s(failures, 0.2, 5.0))
-                continue
-            finally:
-                if self.limiter is not None:
-                    self.limiter.give_back(allowed - claimed)
-            backlog = seen >= allowed
-            if not backlog:
-                await wait_any(stop, self.wake, timeout_s=poll_s)
+        claiming = asyncio.create_task(self._claim_loop(stop, poll_s))
+        try:
+            await asyncio.wait([recorder, claiming], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            recorder.cancel()
+            claiming.cancel()
+            raise
+        if recorder.done() and not recorder.cancelled() and recorder.exception():
+            await _cancelled(claiming)
+            log.error("the push answer recorder failed; stopping",
+                      exc_info=recorder.exception())
+            recorder.result()  # raises
+        await claiming  # a failed claim loop raises here
         self._stopping = True  # claimed pushes still waiting for a slot are handed back
         await self.drain()
         await recorder
         await self._flush_accepted()
+
+    async def _claim_loop(self, stop: asyncio.Event, poll_s: float) -> None:
+        """Claim due pushes into free request slots until ``stop``; back off while the
+        database is down (each retry looks at the free slots and pauses again)."""
+        backlog = False
+        while not stop.is_set():
+            try:
+                backlog = await retrying(
+                    partial(self._claim_pass, stop, poll_s, backlog), stop,
+                    retry_on=StoreUnavailable, backoff=Backoff(0.2, 5.0), on_retry=_claim_failed)
+            except StoreUnavailable:
+                return  # stopping (retrying gives up only then)
+
+    async def _claim_pass(self, stop: asyncio.Event, poll_s: float, backlog: bool) -> bool:
+        """Wait for free slots, claim once, wait for more work; return whether more is due."""
+        free = self._capacity + self._ahead - len(self.inflight)
+        if free <= 0:
+            await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+            return backlog
+        if backlog and free < self._min_claim and self.inflight:
+            # More is due than there are free slots: let a few more requests finish
+            # so that one claim fills several slots (a claim per push would make the
+            # claim query, not the provider, the limit).
+            await asyncio.wait(self.inflight, timeout=_CLAIM_GATHER_S)
+            return backlog
+        pause_s = self._pause_s()
+        if pause_s > 0:
+            await sleep_unless(stop, pause_s)
+            return backlog
+        allowed = self.limiter.take(free) if self.limiter is not None else free
+        seen = claimed = 0
+        self.wake.clear()  # before the claim: a wake-up during it is not lost
+        try:
+            seen, claimed = await self.claim(allowed)
+        finally:
+            if self.limiter is not None:
+                self.limiter.give_back(allowed - claimed)
+        if seen < allowed:
+            await wait_any(stop, self.wake, timeout_s=poll_s)
+        return seen >= allowed
 
     def _pause_s(self) -> float:
         """How long to wait before claiming: every provider's Retry-After, or the rate limit."""
@@ -447,7 +520,7 @@ class Pusher:
                 if self._stopping or hold_s > 0 or waited > self.settings.push_lease_s * 0.1:
                     # Not sent: shutting down, the provider asked for a pause, or the
                     # lease ran down while waiting (the request must not outlive it).
-                    await self._record("push_retry", row["id"], hold_s)
+                    await self._record("push_retry", row["id"], hold_s, row["push_attempts"])
                     return
                 self._sending += 1
                 self.metrics.push_inflight.set(self._sending)
@@ -483,7 +556,8 @@ class Pusher:
         self._health()
         # The request slot is free now; the answer is recorded with others in one
         # statement (the command's lease keeps its device blocked until then).
-        self._accepted.append((row["id"], push_id, row["expires_at"]))
+        self._accepted.append(Accepted(row["id"], push_id, row["expires_at"],
+                                       row["push_attempts"]))
         self._accepted_ready.set()
         if recovered:
             log.info("the push provider accepts pushes again; retrying pushes now",
@@ -526,7 +600,7 @@ class Pusher:
                 lane.paused_until = max(lane.paused_until, time.monotonic() + exc.retry_after_s)
             log.warning("push failed, will retry", extra={**extra, "error": str(exc),
                                                           "retry_in_s": round(delay, 2)})
-            await self._record("push_retry", row["id"], delay)
+            await self._record("push_retry", row["id"], delay, row["push_attempts"])
             return
         # The provider's text is for operators only: the tenant sees a fixed message.
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
@@ -544,7 +618,8 @@ class Pusher:
 
     async def _end_in_error(self, row: Any, error_type: str, message: str) -> None:
         """End the command ERROR (guarded: a terminal command stays), wake what follows."""
-        moved = await self._record("push_rejected", row["id"], error_type, message[:500])
+        moved = await self._record("push_rejected", row["id"], error_type, message[:500],
+                                   row["push_attempts"])
         self.metrics.transitions(moved)
         if moved and self.outbox_wake is not None:
             self.outbox_wake.set()
@@ -565,26 +640,36 @@ class Pusher:
             if not self._accepted:
                 self._accepted_ready.clear()
             batch.sort()  # lock rows in id order, like every other batch
-            woken = await self._record(
-                "push_accepted_many", [b[0] for b in batch], [b[1] for b in batch],
-                [b[2] for b in batch], self.settings.repush_after_s,
-                self.settings.repush_max + 1)
-            if woken:
+            rows = await self._record(
+                "push_accepted_many", [b.command_id for b in batch], [b.push_id for b in batch],
+                [b.expires_at for b in batch], self.settings.repush_after_s,
+                self.settings.repush_max + 1, [b.claim for b in batch])
+            if any(r["woken"] for r in rows):
                 self.wake.set()  # the devices' next commands may go now
+            _log_stale(batch, {r["stale"] for r in rows if r["stale"]})
 
     async def _record(self, name: str, *args: Any) -> list[Any]:
-        """Record an answer; keep trying through a database outage (the lease is the bound)."""
-        attempt = 0
-        while True:
-            try:
-                if name in WAKING_QUERIES:
-                    async with self.gate.shared():
-                        return list(await self.store.fetch(name, *args))
+        """Record an answer; keep trying through a database outage (the lease is the bound).
+
+        Not cut short by the stop signal: writing the answers of the requests in flight
+        is what a graceful stop waits for. ``_RECORD_ATTEMPTS`` and
+        ``DISPATCHER_SHUTDOWN_TIMEOUT_S`` bound it; an answer given up is pushed again
+        when its lease runs out.
+        """
+        try:
+            return await retrying(partial(self._write_answer, name, *args), None,
+                                  retry_on=StoreUnavailable, backoff=_RECORD_BACKOFF)
+        except StoreUnavailable:
+            log.error("could not record a push answer; the lease will retry it",
+                      extra={"query": name, "command_id": args[0] if args else None})
+            return []
+
+    async def _write_answer(self, name: str, *args: Any) -> list[Any]:
+        if name in WAKING_QUERIES:
+            async with self.gate.shared():
                 return list(await self.store.fetch(name, *args))
-            except StoreUnavailable:
-                attempt += 1
-                if attempt > 20:
-                    log.error("could not record a push answer; the lease will retry it",
-                              extra={"query": name, "command_id": args[0] if args else None})
-                    return []
-                await asyncio.sleep(backoff_s(attempt, 0.2, 2.0))
+        return list(await self.store.fetch(name, *args))
+
+
+def _claim_failed(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("cannot claim pushes", extra={"error": str(exc)[:200]})

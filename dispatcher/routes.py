@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from dispatcher import api, auth, safejson
 from dispatcher.effects import Effects
 from dispatcher.events import CommandCreated
-from dispatcher.exceptions import StoreUnavailable
+from dispatcher.exceptions import DispatcherError, StoreUnavailable
 from dispatcher.ingest import new_command, store_commands
 from dispatcher.lifecycle import effective_duration
 from dispatcher.store import QUERIES
@@ -80,7 +80,7 @@ GOOGLE_STATUS = {
 }
 
 
-class ApiError(Exception):
+class ApiError(DispatcherError):
     """An error answer: HTTP status, seed 000 code, message, optional Google status."""
 
     def __init__(self, status: int, code: Code, message: str,

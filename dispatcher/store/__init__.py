@@ -1,23 +1,25 @@
 """PostgreSQL: the pool, the named queries of ``queries.sql`` and the migration runner.
 
 PostgreSQL holds all state. Driver errors are wrapped at this boundary: a lost
-connection or a server shutting down becomes :class:`StoreUnavailable` (retriable);
-anything else is a rejection of the data and propagates as ``asyncpg.PostgresError``.
+connection or a server shutting down becomes :class:`StoreUnavailable` (retriable); a
+data error or a violated constraint (the input cannot be stored) becomes
+:class:`StoreRejected`; anything else (a fault of the code or the schema) propagates as
+the driver raised it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from dispatcher.exceptions import ConfigError, SchemaNotMigrated, StoreUnavailable
+from dispatcher.exceptions import ConfigError, SchemaNotMigrated, StoreRejected, StoreUnavailable
 
 _TRANSIENT = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -34,6 +36,25 @@ _TRANSIENT = (
     OSError,
     TimeoutError,
 )
+
+_REJECTED = (
+    asyncpg.exceptions.DataError,  # class 22: out of range, invalid text, NUL, bad JSON
+    asyncpg.exceptions.IntegrityConstraintViolationError,  # class 23: constraints
+    asyncpg.exceptions.ProgramLimitExceededError,  # class 54: e.g. an index row too large
+)
+"""PostgreSQL's errors that mean "this input cannot be stored" (:class:`StoreRejected`)."""
+
+
+@contextmanager
+def _boundary() -> Iterator[None]:
+    """Wrap driver errors: transient ones as StoreUnavailable, data ones as StoreRejected."""
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+    except _REJECTED as exc:
+        raise StoreRejected(f"{type(exc).__name__}: {exc}") from exc
+
 
 MIGRATIONS_DIR = Path(str(resources.files("dispatcher").joinpath("migrations")))
 """The numbered SQL files, shipped inside the package (package data): a checkout, an
@@ -127,30 +148,24 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection inside a transaction; transient failures become StoreUnavailable."""
-        try:
+        """A connection inside a transaction; driver errors wrapped (:func:`_boundary`)."""
+        with _boundary():
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         """Run a named query in a transaction of its own (:data:`WALKS` as ordered walks)."""
         if name in WALKS:
             async with self.transaction() as conn:
                 return await walk(conn, name, *args)
-        try:
+        with _boundary():
             rows: list[asyncpg.Record] = await self.pool.fetch(self.Q[name], *args)
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
         return rows
 
     async def execute(self, name: str, *args: Any) -> str:
         """Run a named statement outside an explicit transaction."""
-        try:
+        with _boundary():
             status: str = await self.pool.execute(self.Q[name], *args)
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
         return status
 
     async def ping(self) -> bool:

@@ -280,21 +280,33 @@ WITH due AS (
 SELECT * FROM updated;
 
 -- name: push_accepted
+-- Answers are guarded by their claim. ``push_attempts`` counts the claims of a command
+-- and only claim_pushes changes it, so the value a claim returned is its claim token:
+-- every answer statement below matches ``push_attempts = <token>`` and so applies only
+-- while no later claim has taken the push over. An answer written late, after its lease
+-- ran out and another replica (or this one) claimed the push again, changes nothing: it
+-- neither releases the new claim's lease nor ends or reschedules the command; the
+-- current claim sends the push again and records its own answer. (The lease value is
+-- not the token: an ack or a cancel clears it, and an accepted push must still be
+-- recorded after an ack.) An answer whose lease ran out but whose push was not claimed
+-- again is still the current claim's, and is recorded as usual.
+--
 -- The provider took the push: record it (also when an ack already ended the command:
 -- the push did happen), release the lease, plan a re-push if wanted ($4 seconds later,
 -- while fewer than $5 pushes were accepted and the command is still PENDING), and let
--- the device's oldest parked command go. The status never changes here.
+-- the device's oldest parked command go. The status never changes here. Guarded by the
+-- claim token $6 (see above).
 WITH done AS (
     UPDATE commands
     SET push_id = $2, sent_at = now(), delivery_expires_at = $3, pushes = pushes + 1,
         push_lease_until = NULL, updated_at = now(),
         next_push_at = CASE WHEN status = 'PENDING' AND $4::float8 > 0 AND pushes + 1 < $5::int
                             THEN now() + $4::float8 * interval '1 second' END
-    WHERE id = $1
+    WHERE id = $1 AND push_attempts = $6::int
     RETURNING aos_device
 )
 UPDATE commands c SET next_push_at = now()
-WHERE c.id = (
+WHERE EXISTS (SELECT 1 FROM done) AND c.id = (
     SELECT o.id FROM commands o
     WHERE o.aos_device = (SELECT aos_device FROM commands WHERE id = $1)
       AND o.status = 'PENDING' AND o.pushes >= 0 AND o.next_push_at IS NULL AND o.sent_at IS NULL
@@ -303,11 +315,14 @@ WHERE c.id = (
 RETURNING c.id AS woken;
 
 -- name: push_accepted_many
--- push_accepted for a batch of answers ($1 ids, $2 push ids, $3 delivery expiries):
--- one statement instead of one per push.
+-- push_accepted for a batch of answers ($1 ids, $2 push ids, $3 delivery expiries, $6
+-- claim tokens): one statement instead of one per push. Returns the woken commands
+-- (``woken``) and the answers not recorded (``stale``: their claim was taken over, see
+-- above; the push did happen, so the caller logs its push id, and the current claim
+-- records the push that it sends).
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-        AS t(id, push_id, delivery_expires_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $6::int[])
+        AS t(id, push_id, delivery_expires_at, claim)
 ), done AS (
     UPDATE commands c
     SET push_id = i.push_id, sent_at = now(), delivery_expires_at = i.delivery_expires_at,
@@ -316,7 +331,7 @@ WITH input AS (
                                  AND c.pushes + 1 < $5::int
                             THEN now() + $4::float8 * interval '1 second' END
     FROM input i
-    WHERE c.id = i.id
+    WHERE c.id = i.id AND c.push_attempts = i.claim
     RETURNING c.id, c.aos_device
 ), heads AS (
     -- one index probe per device (LATERAL ... LIMIT 1): a plan that reads every parked
@@ -329,16 +344,21 @@ WITH input AS (
           AND o.expires_at > now() AND o.id NOT IN (SELECT id FROM done)
         ORDER BY o.created_at, o.seq LIMIT 1
     ) h
+), woken AS (
+    UPDATE commands c SET next_push_at = now()
+    FROM heads h WHERE c.id = h.id
+    RETURNING c.id
 )
-UPDATE commands c SET next_push_at = now()
-FROM heads h WHERE c.id = h.id
-RETURNING c.id AS woken;
+SELECT id AS woken, NULL::text AS stale FROM woken
+UNION ALL
+SELECT NULL, i.id FROM input i WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = i.id);
 
 -- name: push_retry
--- A retriable failure: release the lease and try again in $2 seconds.
+-- A retriable failure (or a push not sent): release the lease and try again in $2
+-- seconds. Guarded by the claim token $3: a late one leaves the current claim alone.
 UPDATE commands
 SET push_lease_until = NULL, next_push_at = now() + $2::float8 * interval '1 second'
-WHERE id = $1 AND status = 'PENDING';
+WHERE id = $1 AND status = 'PENDING' AND push_attempts = $3::int;
 
 -- name: push_recovered
 -- The provider answers again after an outage: pushes backing off from it go now rather
@@ -352,11 +372,12 @@ WHERE status = 'PENDING' AND next_push_at IS NOT NULL AND push_attempts >= 0
 -- A permanent rejection ends the command in ERROR and lets the device's next command go.
 -- Also a push refused before it is sent: a secret that cannot be decrypted
 -- (SECRET_UNREADABLE) or may not go in clear (NO_DEVICE_KEY) is never pushed without it.
+-- Guarded by the claim token $4: a late rejection leaves the current claim to decide.
 WITH moved AS (
     UPDATE commands c
     SET status = 'ERROR', updated_at = now(), finished_at = now(), secret = NULL,
         next_push_at = NULL, push_lease_until = NULL, error_type = $2, error_message = $3
-    WHERE c.id = $1 AND c.status = 'PENDING'
+    WHERE c.id = $1 AND c.status = 'PENDING' AND c.push_attempts = $4::int
     RETURNING c.*, 'PENDING'::text AS previous
 ), events AS (
     INSERT INTO status_outbox (command_id, aos_device, payload)

@@ -1,0 +1,26 @@
+"""One exception root: every error the dispatcher raises on purpose is a DispatcherError,
+and whether retrying can help is a property of its class."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.auth import AuthError
+from dispatcher.exceptions import DispatcherError, StoreRejected, StoreUnavailable
+from dispatcher.routes import ApiError, Code
+
+
+@pytest.mark.parametrize("error", [
+    StoreRejected("CheckViolationError: no"),
+    AuthError("missing", "No auth token"),
+    ApiError(404, Code.ENTITY_NOT_FOUND, "Entity not found"),
+])
+def test_every_error_is_under_the_root_and_keeps_its_message(error: Exception) -> None:
+    assert isinstance(error, DispatcherError)
+    assert str(error) in ("CheckViolationError: no", "No auth token", "Entity not found")
+
+
+def test_a_rejection_is_not_retriable_an_outage_is() -> None:
+    assert StoreRejected.retriable is False
+    assert StoreUnavailable.retriable is True
+    assert StoreRejected().args[0].startswith("PostgreSQL cannot store this input")

@@ -512,7 +512,8 @@ class Pusher:
             if lane.full():
                 # This provider has no room (slow or hanging): the push goes back to the
                 # table for a moment rather than hold capacity the other providers need.
-                await self._record("push_retry", row["id"], max(lane.hold_s(), OVERFLOW_RETRY_S))
+                await self._record("push_retry", row["id"], max(lane.hold_s(), OVERFLOW_RETRY_S),
+                                   row["push_attempts"])
                 return
             async with lane.slot():
                 waited = time.monotonic() - claimed_at

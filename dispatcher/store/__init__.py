@@ -50,6 +50,14 @@ def _boundary() -> Iterator[None]:
     """Wrap driver errors: transient ones as StoreUnavailable, data ones as StoreRejected."""
     try:
         yield
+    except asyncpg.exceptions._base.DataError as exc:
+        # the driver refused an argument before sending it (e.g. a string for an int):
+        # this input, not the connection
+        raise StoreRejected(f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.exceptions.InterfaceError as exc:
+        if "arguments for this query" in str(exc):
+            raise  # a statement called with the wrong number of arguments: a bug, not an outage
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
     except _TRANSIENT as exc:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
     except _REJECTED as exc:

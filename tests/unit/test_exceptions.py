@@ -24,3 +24,22 @@ def test_a_rejection_is_not_retriable_an_outage_is() -> None:
     assert StoreRejected.retriable is False
     assert StoreUnavailable.retriable is True
     assert StoreRejected().args[0].startswith("PostgreSQL cannot store this input")
+
+
+def test_the_store_boundary_tells_bugs_and_bad_arguments_from_outages() -> None:
+    """A statement called with the wrong number of arguments is a bug: retried as an
+    outage it spun 21 times and dropped the answer (the lanes' hand-back did this)."""
+    import asyncpg
+    import pytest
+
+    from dispatcher.exceptions import StoreRejected, StoreUnavailable
+    from dispatcher.store import _boundary
+
+    bug = asyncpg.exceptions.InterfaceError(
+        "the server expects 3 arguments for this query, 2 were passed")
+    with pytest.raises(asyncpg.exceptions.InterfaceError), _boundary():
+        raise bug
+    with pytest.raises(StoreRejected), _boundary():
+        raise asyncpg.exceptions._base.DataError("invalid input for query argument $1")
+    with pytest.raises(StoreUnavailable), _boundary():
+        raise asyncpg.exceptions.InterfaceError("connection is closed")

@@ -32,6 +32,7 @@ from dispatcher.lifecycle import backoff_s
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
 from dispatcher.push import Provider, Pusher, make_provider
+from dispatcher.retention import Retention
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import Store, check_migrated, migrate
 
@@ -120,8 +121,9 @@ def build_loops(rt: Runtime, provider: Provider) -> list[Any]:
     rt.processor = BatchProcessor(s, rt.store, rt.producer, rt.metrics, rt.box, rt.on_effects)
     rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
     timer = Timer(s, rt.store, rt.metrics, rt.processor, rt.on_effects)
+    retention = Retention(s.retention_s, rt.store, rt.metrics)
     return [rt.consumer.run(rt.stop), rt.relay.run(rt.stop), rt.pusher.run(rt.stop),
-            timer.run(rt.stop)]
+            timer.run(rt.stop), retention.run(rt.stop)]
 
 
 async def serve(settings: Settings, provider: Provider | None = None,

@@ -12,3 +12,12 @@
 
 CREATE INDEX IF NOT EXISTS commands_removable ON commands ((greatest(finished_at, expires_at)))
     WHERE finished_at IS NOT NULL;
+
+-- Removal leaves dead rows that autovacuum turns into free space for new ones. By default
+-- it comes when a fifth of the table is dead; at 50 M rows that is 10 M dead rows of
+-- bloat. Here it comes at 1% (plus 10,000 rows) and works ten times faster than the
+-- default cost limit allows (docs/storage.md: the same churn plateaued at 500 MB with
+-- these settings against 555 MB without, p99 of a 1,000-row write 28 ms against 59 ms).
+ALTER TABLE commands SET (autovacuum_vacuum_scale_factor = 0.01,
+                          autovacuum_vacuum_threshold = 10000,
+                          autovacuum_vacuum_cost_limit = 2000);

@@ -33,6 +33,7 @@ from dispatcher.lanes import make_providers
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
 from dispatcher.push import Provider, Pusher
+from dispatcher.retention import Retention
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import Store, check_migrated, migrate
 
@@ -118,8 +119,9 @@ def build_loops(rt: Runtime, providers: Sequence[Provider]) -> list[Any]:
                                   stop=rt.stop)
     rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
     timer = Timer(s, rt.store, rt.metrics, rt.processor, rt.on_effects)
+    retention = Retention(s.retention_s, rt.store, rt.metrics)
     return [rt.consumer.run(rt.stop), rt.relay.run(rt.stop), rt.pusher.run(rt.stop),
-            timer.run(rt.stop)]
+            timer.run(rt.stop), retention.run(rt.stop)]
 
 
 async def serve(settings: Settings, provider: Provider | Sequence[Provider] | None = None,

@@ -124,6 +124,11 @@ class Settings:
         "DISPATCHER_HOLD_WINDOW_S", 300.0,
         "how long an ack or cancel for a not-yet-seen command is held before it is dead-lettered",
     )
+    retention_s: float = _var(
+        "DISPATCHER_RETENTION_S", 2_592_000.0,
+        "finished commands terminal (and past their validity) for longer than this are "
+        "removed; an id is deduplicated for this long",
+    )
     topic_prefix: str = _var("DISPATCHER_TOPIC_PREFIX", "mdm.", "prefix of every topic name")
     topic_partitions: int = _var(
         "DISPATCHER_TOPIC_PARTITIONS", 4, "partitions of topics the dispatcher creates"
@@ -207,6 +212,8 @@ class Settings:
             raise ConfigError("DISPATCHER_DEFAULT_DURATION_S must be at least 1")
         if self.expiry_interval_s <= 0:
             raise ConfigError("DISPATCHER_EXPIRY_INTERVAL_S must be positive")
+        if self.retention_s <= 0:
+            raise ConfigError("DISPATCHER_RETENTION_S must be positive (seconds)")
         if self.log_format not in ("json", "text"):
             raise ConfigError("DISPATCHER_LOG_FORMAT must be 'json' or 'text'")
         if self.secret_keys:

@@ -102,6 +102,15 @@ class Metrics:
         self.outbox_backlog = Gauge(
             "dispatcher_status_outbox_backlog", "Status events waiting to be relayed", registry=r
         )
+        self.commands_removed = Counter(
+            "dispatcher_commands_removed_total",
+            "Finished commands removed by retention (DISPATCHER_RETENTION_S)", registry=r,
+        )
+        self.commands_table_rows = Gauge(
+            "dispatcher_commands_table_rows",
+            "Rows of the commands table as PostgreSQL's statistics count them (live, dead)",
+            ["state"], registry=r,
+        )
         self.held_events = Counter(
             "dispatcher_held_events_total", "Acks and cancels held until their command arrives",
             ["kind", "outcome"], registry=r,

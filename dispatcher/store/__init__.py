@@ -88,7 +88,7 @@ that read all 1,000 due rows to return 64 (``tests/integration/test_plans.py``).
 index keys (``queries.sql``) choose the index; this keeps the walk a walk.
 """
 WALKS = frozenset({"claim_pushes", "expire_due", "take_outbox", "take_held_ready",
-                   "take_held_overdue"})
+                   "take_held_overdue", "remove_finished"})
 
 
 async def walk(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:

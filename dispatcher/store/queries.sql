@@ -440,3 +440,26 @@ LIMIT $7;
 SELECT (SELECT count(*) FROM (SELECT 1 FROM status_outbox LIMIT $1) AS capped) AS n,
        coalesce((SELECT extract(epoch FROM clock_timestamp() - created_at)::float8
                  FROM status_outbox ORDER BY seq LIMIT 1), 0) AS oldest_age_s;
+
+-- name: remove_finished
+-- Retention: remove up to $2 commands terminal for longer than $1 seconds whose validity
+-- is over by as long (see migration 009), oldest first. SKIP LOCKED lets replicas remove
+-- side by side without double work; a row an ack or the API holds is left for the next
+-- pass. Status events of these commands left in the outbox are relayed all the same.
+WITH gone AS (
+    SELECT id FROM commands
+    WHERE finished_at IS NOT NULL
+      AND greatest(finished_at, expires_at) < now() - $1 * interval '1 second'
+    ORDER BY greatest(finished_at, expires_at) LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), removed AS (
+    DELETE FROM commands c
+    WHERE c.id = ANY (ARRAY(SELECT id FROM gone)) AND c.finished_at IS NOT NULL
+    RETURNING 1
+)
+SELECT count(*)::int AS n FROM removed;
+
+-- name: table_rows
+-- Live and dead rows of commands as the statistics collector counts them (no scan).
+SELECT coalesce(sum(n_live_tup), 0)::bigint AS live, coalesce(sum(n_dead_tup), 0)::bigint AS dead
+FROM pg_stat_user_tables WHERE relname = 'commands' AND schemaname = current_schema();

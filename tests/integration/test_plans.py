@@ -61,6 +61,7 @@ HOT: dict[str, tuple[tuple[Any, ...], set[str], bool]] = {
     "cancel_disenrolled": ((["DEVICE"],), {"commands_device_open"}, True),
     "wake_parked": ((), {"commands_parked"}, False),
     "open_gauges": ((), {"commands_open_expires"}, False),
+    "remove_finished": ((3600.0, 5000), {"commands_removable"}, True),
 }
 
 

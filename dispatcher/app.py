@@ -16,59 +16,27 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from dispatcher import api, audit
 from dispatcher.aio import Backoff, retrying
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor, StreamConsumer
-from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUnavailable
 from dispatcher.expiry import Timer
+from dispatcher.http.app import build_app
 from dispatcher.kafka import INPUTS, Producer, ensure_topics
 from dispatcher.lanes import make_providers
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
 from dispatcher.push import Provider, Pusher
 from dispatcher.retention import Retention
+from dispatcher.runtime import Runtime
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import Store, check_migrated, migrate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Runtime:
-    """The live components, shared with the HTTP handlers."""
-
-    settings: Settings
-    metrics: Metrics
-    box: SecretBox
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    store: Store | None = None
-    producer: Producer | None = None
-    consumer: StreamConsumer | None = None
-    pusher: Pusher | None = None
-    relay: OutboxRelay | None = None
-    processor: BatchProcessor | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    http_url: str = ""
-
-    def on_effects(self, fx: Effects) -> None:
-        """Act on a committed batch: metrics, and wake the loops that have work now."""
-        for (topic, outcome), n in fx.consumed.items():
-            self.metrics.events_consumed.labels(topic, outcome).inc(n)
-        for (kind, outcome), n in fx.held.items():
-            self.metrics.held_events.labels(kind, outcome).inc(n)
-        self.metrics.transitions(fx.transitions)
-        audit.write(fx.audit)
-        if fx.wake_push and self.pusher is not None:
-            self.pusher.wake.set()
-        if fx.wake_outbox and self.relay is not None:
-            self.relay.wake.set()
 
 
 async def _with_retry(what: str, stop: asyncio.Event, action: Any) -> Any:
@@ -186,7 +154,7 @@ async def _shutdown(rt: Runtime, tasks: list[asyncio.Task[Any]],
 
 
 async def _start_http(rt: Runtime) -> web.AppRunner:
-    runner = web.AppRunner(api.build_app(rt), access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(rt), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, rt.settings.http_host, rt.settings.http_port)
     await site.start()

@@ -1,7 +1,8 @@
 """One exception root. Each class says whether retrying can help; docstrings are the messages.
 
-The HTTP layer's :class:`~dispatcher.auth.AuthError` and :class:`~dispatcher.routes.ApiError`
-are under this root too, beside the code that raises and answers them."""
+The HTTP layer's :class:`~dispatcher.auth.AuthError` and
+:class:`~dispatcher.http.common.ApiError` are under this root too, beside the code that
+raises and answers them."""
 
 from __future__ import annotations
 

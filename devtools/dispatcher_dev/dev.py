@@ -68,9 +68,10 @@ def _dev_settings(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -
 
 
 async def _run(settings: Settings, bootstrap: str, dsn: str, dev_dir: Path) -> None:
-    from dispatcher.app import Runtime, serve
+    from dispatcher.app import serve
     from dispatcher.kafka import ensure_topics
     from dispatcher.metrics import Metrics
+    from dispatcher.runtime import Runtime
     from dispatcher.secretbox import SecretBox
 
     s = _dev_settings(settings, bootstrap, dsn, dev_dir)

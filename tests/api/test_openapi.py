@@ -33,7 +33,7 @@ async def test_served_document_is_the_checked_in_one(service, http) -> None:
         served = await resp.json()
     assert served == json.loads(CHECKED_IN.read_text()), (
         "schemas/openapi.json is stale: regenerate it with "
-        "`python -m dispatcher.openapi > schemas/openapi.json`")
+        "`python -m dispatcher.http.openapi > schemas/openapi.json`")
     assert served["openapi"].startswith("3.")
     assert "/v1/enterprises/{enterpriseId}/devices/{deviceId}:issueCommand" in served["paths"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from dispatcher.auth import AuthError
 from dispatcher.exceptions import DispatcherError, StoreRejected, StoreUnavailable
-from dispatcher.routes import ApiError, Code
+from dispatcher.http.common import ApiError, Code
 
 
 @pytest.mark.parametrize("error", [

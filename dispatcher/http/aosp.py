@@ -1,10 +1,8 @@
 """Seed 000: the vendor's AOS command API under ``/v1/organizations/{organizationId}/...``.
 
 Answers ``{"status": true, "data": ...}``; errors use the seed's envelope (see
-:mod:`dispatcher.routes`). A command is created in the same transaction-and-effects
-pipeline as a ``mdm.commands.created`` event, so it is pushed and its status events are
-published exactly like one; the insert is committed before the answer, so reading it
-right after creating it never misses.
+:mod:`dispatcher.http.common`). Commands are created, listed and cancelled through the
+pipeline both dialects share (:mod:`dispatcher.http.commands`).
 """
 
 from __future__ import annotations
@@ -19,17 +17,14 @@ from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
 from dispatcher.events import Params
-from dispatcher.lifecycle import MAX_DURATION_S, CommandType, Status
-from dispatcher.routes import (
+from dispatcher.http.commands import cancel_command, create_command, list_page
+from dispatcher.http.common import (
     ApiError,
     Code,
     authorize,
-    cancel_command,
-    create_command,
     hex_id,
     invalid,
     iso,
-    list_page,
     not_found,
     ok,
     query_int,
@@ -37,6 +32,7 @@ from dispatcher.routes import (
     store_of,
     validate,
 )
+from dispatcher.lifecycle import MAX_DURATION_S, CommandType, Status
 from dispatcher.secretbox import redact
 
 ORG_PATTERN = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$"

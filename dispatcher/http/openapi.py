@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, built from the pydantic models of the routes.
 
 Served at ``GET /openapi.json`` and checked in as ``schemas/openapi.json``; a test fails
-when they differ. Regenerate with ``python -m dispatcher.openapi > schemas/openapi.json``.
+when they differ. Regenerate with ``python -m dispatcher.http.openapi > schemas/openapi.json``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from dispatcher import api_amapi, api_aosp
+from dispatcher.http import amapi, amapi_models, aosp
+from dispatcher.http.commands import IDEMPOTENCY_KEY
 from dispatcher.lifecycle import Status
-from dispatcher.routes import IDEMPOTENCY_KEY
 
 REF = "#/components/schemas/{model}"
-HEX = {"type": "string", "pattern": api_aosp.HEX_PATTERN}
+HEX = {"type": "string", "pattern": aosp.HEX_PATTERN}
 SEED_ERRORS = {
     "400": "Invalid request (4000): the message names the field",
     "401": "No auth token (4002) or Invalid Token (4004)",
@@ -39,9 +39,9 @@ GOOGLE_ERRORS = {
 }
 
 _MODELS: list[type[BaseModel]] = [
-    api_aosp.CreateCommandRequest, api_aosp.CommandAnswer, api_aosp.CommandPage,
-    api_aosp.ErrorAnswer, api_amapi.CommandRequest, api_amapi.Operation,
-    api_amapi.ListOperationsResponse, api_amapi.GoogleError,
+    aosp.CreateCommandRequest, aosp.CommandAnswer, aosp.CommandPage,
+    aosp.ErrorAnswer, amapi_models.CommandRequest, amapi_models.Operation,
+    amapi_models.ListOperationsResponse, amapi_models.GoogleError,
 ]
 
 
@@ -70,7 +70,7 @@ IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
 def _op(summary: str, permission: str, ok: dict[str, Any], google: bool,
         params: list[dict[str, Any]], body: type[BaseModel] | None = None) -> dict[str, Any]:
     errors = GOOGLE_ERRORS if google else SEED_ERRORS
-    envelope = _ref(api_amapi.GoogleError if google else api_aosp.ErrorAnswer)
+    envelope = _ref(amapi_models.GoogleError if google else aosp.ErrorAnswer)
     out: dict[str, Any] = {
         "summary": summary, "description": f"Required permission: {permission}",
         "parameters": params,
@@ -83,24 +83,24 @@ def _op(summary: str, permission: str, ok: dict[str, Any], google: bool,
 
 
 def _seed_paths() -> dict[str, Any]:
-    base = api_aosp.BASE
-    where = [_path_param("organizationId", {"type": "string", "pattern": api_aosp.ORG_PATTERN}),
+    base = aosp.BASE
+    where = [_path_param("organizationId", {"type": "string", "pattern": aosp.ORG_PATTERN}),
              _path_param("aosDeviceId", HEX)]
     one = [*where, _path_param("commandId", HEX)]
-    answer = _json(_ref(api_aosp.CommandAnswer))
+    answer = _json(_ref(aosp.CommandAnswer))
     listing = [
         _query("status", {"type": "string", "enum": [s.value for s in Status]},
                "only commands in this status"),
-        _query("limit", {"type": "integer", "minimum": 1, "maximum": api_aosp.LIST_MAX},
-               f"page size (default {api_aosp.LIST_DEFAULT})"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": aosp.LIST_MAX},
+               f"page size (default {aosp.LIST_DEFAULT})"),
         _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
     ]
     return {
         base: {
             "post": _op("Create AOS command", "mdm.aosp.command.create", answer, False,
-                        [*where, IDEMPOTENCY], api_aosp.CreateCommandRequest),
+                        [*where, IDEMPOTENCY], aosp.CreateCommandRequest),
             "get": _op("List a device's commands, newest first", "mdm.aosp.command.read",
-                       _json(_ref(api_aosp.CommandPage)), False, [*where, *listing]),
+                       _json(_ref(aosp.CommandPage)), False, [*where, *listing]),
         },
         base + "/{commandId}": {
             "get": _op("Get a command", "mdm.aosp.command.read", answer, False, one)},
@@ -113,20 +113,20 @@ def _google_paths() -> dict[str, Any]:
     base = "/v1/enterprises/{enterpriseId}/devices/{deviceId}"
     where = [_path_param("enterpriseId", HEX), _path_param("deviceId", HEX)]
     one = [*where, _path_param("operationId", HEX)]
-    op = _json(_ref(api_amapi.Operation))
+    op = _json(_ref(amapi_models.Operation))
     paging = [
-        _query("pageSize", {"type": "integer", "minimum": 0, "maximum": api_amapi.INT32_MAX},
-               f"page size: absent or 0 is {api_amapi.PAGE_DEFAULT}, more than "
-               f"{api_amapi.PAGE_MAX} is {api_amapi.PAGE_MAX}"),
+        _query("pageSize", {"type": "integer", "minimum": 0, "maximum": amapi.INT32_MAX},
+               f"page size: absent or 0 is {amapi.PAGE_DEFAULT}, more than "
+               f"{amapi.PAGE_MAX} is {amapi.PAGE_MAX}"),
         _query("pageToken", {"type": "string"}, "nextPageToken of the previous page"),
     ]
     return {
         base + ":issueCommand": {
             "post": _op("enterprises.devices.issueCommand", "mdm.aosp.command.create", op, True,
-                        [*where, IDEMPOTENCY], api_amapi.CommandRequest)},
+                        [*where, IDEMPOTENCY], amapi_models.CommandRequest)},
         base + "/operations": {
             "get": _op("enterprises.devices.operations.list", "mdm.aosp.command.read",
-                       _json(_ref(api_amapi.ListOperationsResponse)), True, [*where, *paging])},
+                       _json(_ref(amapi_models.ListOperationsResponse)), True, [*where, *paging])},
         base + "/operations/{operationId}": {
             "get": _op("enterprises.devices.operations.get", "mdm.aosp.command.read", op, True,
                        one)},

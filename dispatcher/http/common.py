@@ -1,58 +1,41 @@
-"""The seed HTTP APIs: shared plumbing (errors, auth, JSON bodies, cursors) and registration.
+"""Plumbing both HTTP dialects share: error codes and envelopes, auth, JSON bodies, cursors.
 
 Two dialects answer errors differently, chosen by path: seed 000 routes
 (``/v1/organizations/...`` and everything else) answer
 ``{"status": false, "error": {"code": N, "message": "..."}}`` with the codes of
 :class:`Code`; seed 001 routes (``/v1/enterprises/...``) answer Google's
 ``{"error": {"code": <http status>, "message": "...", "status": "INVALID_ARGUMENT"}}``.
-A middleware renders every error, including unknown paths, wrong methods and bodies
-that are too large, in the right envelope; an unexpected exception is logged and answers
-500 in the envelope (the tests show none happens). ``docs/http-api.md`` lists the codes.
+:func:`error_response` renders an :class:`ApiError` in the request's envelope (the
+middleware of :mod:`dispatcher.http.app` sends every error through it).
+``docs/http-api.md`` lists the codes. This module imports neither dialect.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import hashlib
 import json
-import logging
 import re
-import secrets
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from dispatcher import api, auth, safejson
-from dispatcher.effects import Effects
-from dispatcher.events import CommandCreated
-from dispatcher.exceptions import DispatcherError, StoreUnavailable
-from dispatcher.ingest import new_command, store_commands
-from dispatcher.lifecycle import effective_duration
-from dispatcher.store import QUERIES
+from dispatcher import auth, safejson
+from dispatcher.exceptions import DispatcherError
+from dispatcher.runtime import Runtime
 
-if TYPE_CHECKING:
-    import asyncpg
-
-    from dispatcher.app import Runtime
-
-log = logging.getLogger(__name__)
-
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+"""The service's live components, in the application of :func:`dispatcher.http.app.build_app`."""
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body read; ``params`` itself is limited to 4 KB of JSON."""
 MAX_JSON_DEPTH = 32
 HEX24 = re.compile(r"^[a-fA-F0-9]{24}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 GOOGLE_PREFIX = "/v1/enterprises/"
 
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Code(IntEnum):
@@ -120,38 +103,6 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
     return web.json_response(body, status=err.status, headers=headers)
 
 
-def _from_http(exc: web.HTTPException) -> ApiError:
-    if exc.status == 404:
-        return ApiError(404, Code.ROUTE_NOT_FOUND, "Route not found")
-    if exc.status == 405:
-        return ApiError(405, Code.METHOD_NOT_ALLOWED, "Method not allowed")
-    if exc.status == 413:
-        return ApiError(413, Code.BODY_TOO_LARGE, "Request body too large")
-    return ApiError(exc.status, Code.INVALID_REQUEST, exc.reason or "Invalid request")
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error in the right envelope; nothing escapes as a bare 500."""
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(request, err)
-    except auth.AuthError as err:
-        return error_response(request, _from_auth(err))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(request, _from_http(exc))
-    except StoreUnavailable as exc:
-        log.warning("store unavailable during a request", extra={"error": str(exc)[:200]})
-        return error_response(request, ApiError(503, Code.UNAVAILABLE, "Service unavailable"))
-    except Exception:
-        log.exception("unexpected error answering a request",
-                      extra={"method": request.method, "path": request.path[:200]})
-        return error_response(request, ApiError(500, Code.INTERNAL, "Internal error"))
-
-
 def ok(data: Any) -> web.Response:
     """A seed 000 success envelope."""
     return web.json_response({"status": True, "data": data})
@@ -166,14 +117,6 @@ def iso(value: datetime | None) -> str | None:
 
 # -- auth ----------------------------------------------------------------------------------
 
-def _from_auth(err: auth.AuthError) -> ApiError:
-    if err.kind == "missing":
-        return ApiError(401, Code.NO_AUTH_TOKEN, "No auth token")
-    if err.kind == "invalid":
-        return ApiError(401, Code.INVALID_TOKEN, "Invalid Token")
-    return ApiError(403, Code.PERMISSION_DENIED, err.message)
-
-
 def authorize(request: web.Request, permission: str) -> auth.Principal:
     """The request's principal, which must hold ``permission`` (else 401/403)."""
     principal = auth.authenticate(request.headers.get("Authorization"),
@@ -184,8 +127,7 @@ def authorize(request: web.Request, permission: str) -> auth.Principal:
 
 def runtime(request: web.Request) -> Runtime:
     """The service's runtime."""
-    rt: Runtime = request.app[api.RUNTIME]
-    return rt
+    return request.app[RUNTIME]
 
 
 def store_of(request: web.Request) -> Any:
@@ -297,113 +239,3 @@ def decode_cursor(token: str | None, name: str) -> tuple[datetime | None, str | 
     if not isinstance(cid, str) or not HEX24.fullmatch(cid):
         raise invalid(f"{name}: not a cursor this API gave out")
     return when, cid
-
-
-async def list_page(request: web.Request, device: str, *, organizations: list[str] | None,
-                    enterprise: str | None, status: str | None, limit: int,
-                    cursor: str | None, cursor_name: str) -> tuple[list[Any], str | None]:
-    """One page of a device's commands, newest first, and the cursor of the next page
-    (``organizations``: only commands of these, by the command's own organization)."""
-    after_at, after_id = decode_cursor(cursor, cursor_name)
-    rows = await store_of(request).fetch(
-        "api_list_commands", device, organizations, enterprise, status, after_at, after_id,
-        limit + 1)
-    page = list(rows[:limit])
-    return page, (encode_cursor(page[-1]) if len(rows) > limit else None)
-
-
-# -- creating and cancelling -----------------------------------------------------------
-
-def command_id(organization: str, key: str | None) -> str:
-    """A new command id: random, or derived from an Idempotency-Key within the organization."""
-    if key is None:
-        return secrets.token_hex(12)
-    if not IDEMPOTENCY_KEY.fullmatch(key):
-        raise invalid("Idempotency-Key: must be 1 to 255 visible ASCII characters")
-    return hashlib.sha256(f"{organization}\n{key}".encode()).hexdigest()[:24]
-
-
-def request_fingerprint(source: str, device: str, command: str, params: dict[str, Any],
-                        duration: Decimal) -> bytes:
-    """The canonical form of a create request (dialect, device, type, params, validity)."""
-    return json.dumps([source, device, command, params, str(duration)], sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False).encode()
-
-
-async def create_command(request: web.Request, principal: auth.Principal, device: Any,
-                         command: str, params: dict[str, Any],
-                         duration: Decimal | float | None, source: str,
-                         user_name: str | None = None) -> Any:
-    """Create a command for a registered device (or find its idempotent twin); its row.
-
-    Under strict permissions a destructive type needs its own permission (403). A replay
-    of an ``Idempotency-Key`` with a different request answers 409 4010."""
-    rt = runtime(request)
-    principal.require_type(command, rt.settings.strict_permissions)
-    store = store_of(request)
-    key = request.headers.get("Idempotency-Key")
-    cid = command_id(device["organization"], key)
-    try:
-        event = CommandCreated(
-            id=cid, organization=device["organization"], aosEnterprise=device["aos_enterprise"],
-            aosDevice=device["aos_device"], mdmUser=device["mdm_user"], command=command,
-            params=params, duration=None if duration is None else float(duration))
-    except ValidationError as exc:
-        raise invalid(describe(exc)) from exc
-    exact = duration if isinstance(duration, Decimal) else None
-    cmd = new_command(event, datetime.now(UTC), rt.settings.default_duration_s, rt.box,
-                      exact_duration=exact, source=source, user_name=user_name,
-                      created_by=principal.subject or None)
-    canonical = request_fingerprint(source, cmd.aos_device, command, params,
-                                    effective_duration(exact if exact is not None else duration,
-                                                       rt.settings.default_duration_s))
-    if key is not None:
-        cmd = dataclasses.replace(cmd, request_hash=rt.box.fingerprint(canonical))
-    fx = Effects()
-    async with store.transaction() as conn:
-        inserted = await store_commands(conn, [cmd], fx)
-        row = await conn.fetchrow(QUERIES["get_command"], cid)
-    rt.on_effects(fx)
-    if cid not in inserted and not _same_request(rt, row, cmd, canonical):
-        raise ApiError(409, Code.IDEMPOTENCY_CONFLICT,
-                       "Idempotency-Key was already used for a different request")
-    return row
-
-
-def _same_request(rt: Runtime, row: Any, cmd: Any, canonical: bytes) -> bool:
-    """Whether the stored command of a replayed key was created by this very request."""
-    if row["aos_device"] != cmd.aos_device or row["command"] != cmd.command:
-        return False
-    stored = row["request_hash"]
-    if stored is None:  # stored before request fingerprints, or by a Kafka event
-        return True
-    return rt.box.same_fingerprint(canonical, stored) is not False
-
-
-async def cancel_command(request: web.Request, principal: auth.Principal, row: Any) -> Any:
-    """Cancel an open command on behalf of ``principal``; the row after. 409 4009 when it
-    is already finished."""
-    rt = runtime(request)
-    fx = Effects()
-    async with store_of(request).transaction() as conn:
-        moved = await conn.fetch(QUERIES["cancel_commands"], [row["id"]],
-                                 [principal.subject or None])
-        fx.cancelled(list(moved))
-        after: asyncpg.Record = await conn.fetchrow(QUERIES["get_command"], row["id"])
-    rt.on_effects(fx)
-    if not moved:
-        raise ApiError(409, Code.NOT_OPEN, f"Command is already {after['status']}",
-                       google_status="FAILED_PRECONDITION")
-    return after
-
-
-# -- registration --------------------------------------------------------------------------
-
-def register(app: web.Application) -> None:
-    """Add the error middleware, both seed APIs and ``GET /openapi.json``."""
-    from dispatcher import api_amapi, api_aosp, openapi
-
-    app.middlewares.append(error_middleware)
-    api_aosp.register(app)
-    api_amapi.register(app)
-    app.router.add_get("/openapi.json", openapi.serve)

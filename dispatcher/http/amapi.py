@@ -14,54 +14,43 @@ command in the ``data`` of its DONE or ERROR ack under their AMAPI names
 ``{"clearAppsDataStatus": {"results": {"com.example": {"clearingResult": "SUCCESS"}}}}``;
 the latest such ack's objects appear in the operation's metadata. An ERROR ack's
 ``errorType`` becomes ``errorCode`` when it is a CommandErrorCode, else ``UNKNOWN``.
+
+The request and answer models are in :mod:`dispatcher.http.amapi_models`.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
-from dispatcher.lifecycle import MAX_DURATION_S, Status
-from dispatcher.routes import (
+from dispatcher.http.amapi_models import CommandRequest
+from dispatcher.http.commands import cancel_command, create_command, list_page
+from dispatcher.http.common import (
     ApiError,
     Code,
     authorize,
-    cancel_command,
-    create_command,
     hex_id,
     invalid,
     iso,
-    list_page,
     query_int,
     read_json,
     store_of,
     validate,
 )
+from dispatcher.lifecycle import MAX_DURATION_S, Status
 from dispatcher.secretbox import redact
 
 PREFIX = "/v1/enterprises/{enterpriseId}/devices/"
 COMMAND_TYPE = "type.googleapis.com/google.android.devicemanagement.v1.Command"
 """The ``@type`` of ``Operation.metadata`` in the real API's answers."""
 DURATION = re.compile(r"^([0-9]{1,12})(\.[0-9]{1,9})?s$")
-PACKAGE = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"
 PAGE_DEFAULT, PAGE_MAX = 50, 100
 """``pageSize`` absent or 0 means the default; a larger one is clamped to the maximum."""
 INT32_MAX = 2**31 - 1
-
-CommandTypeName = Literal[
-    "COMMAND_TYPE_UNSPECIFIED", "LOCK", "RESET_PASSWORD", "REBOOT", "RELINQUISH_OWNERSHIP",
-    "CLEAR_APP_DATA", "START_LOST_MODE", "STOP_LOST_MODE", "ADD_ESIM", "REMOVE_ESIM",
-    "REQUEST_DEVICE_INFO", "WIPE"]
-ResetPasswordFlag = Literal["RESET_PASSWORD_FLAG_UNSPECIFIED", "REQUIRE_ENTRY",
-                            "DO_NOT_ASK_CREDENTIALS_ON_BOOT", "LOCK_NOW"]
-WipeDataFlag = Literal["WIPE_DATA_FLAG_UNSPECIFIED", "PRESERVE_RESET_PROTECTION_DATA",
-                       "WIPE_EXTERNAL_STORAGE", "WIPE_ESIMS"]
 ERROR_CODES = frozenset({"UNKNOWN", "API_LEVEL", "MANAGEMENT_MODE", "INVALID_VALUE",
                          "UNSUPPORTED"})
 PARAM_FIELDS: dict[str, str] = {
@@ -74,141 +63,6 @@ REQUIRED_PARAMS = {"CLEAR_APP_DATA", "START_LOST_MODE", "ADD_ESIM", "REMOVE_ESIM
                    "REQUEST_DEVICE_INFO"}
 STATUS_FIELDS = ("clearAppsDataStatus", "startLostModeStatus", "stopLostModeStatus",
                  "esimStatus", "requestDeviceInfoStatus")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class UserFacingMessage(_Strict):
-    """A message with per-locale translations."""
-
-    localizedMessages: dict[str, str] | None = None
-    defaultMessage: str | None = Field(default=None, max_length=2000)
-
-
-class ClearAppsDataParams(_Strict):
-    """Apps whose data CLEAR_APP_DATA clears."""
-
-    packageNames: list[str] = Field(min_length=1, max_length=100)
-
-    @model_validator(mode="after")
-    def _packages(self) -> ClearAppsDataParams:
-        for name in self.packageNames:
-            if len(name) > 255 or not re.fullmatch(PACKAGE, name):
-                raise ValueError("packageNames: each must be an Android package name")
-        return self
-
-
-class StartLostModeParams(_Strict):
-    """What a lost device shows; at least one item besides the organization."""
-
-    lostMessage: UserFacingMessage | None = None
-    lostPhoneNumber: UserFacingMessage | None = None
-    lostEmailAddress: str | None = Field(default=None, max_length=320)
-    lostStreetAddress: UserFacingMessage | None = None
-    lostOrganization: UserFacingMessage | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> StartLostModeParams:
-        if not (self.lostMessage or self.lostPhoneNumber or self.lostEmailAddress
-                or self.lostStreetAddress):
-            raise ValueError("set at least one of lostMessage, lostPhoneNumber, "
-                             "lostEmailAddress, lostStreetAddress")
-        return self
-
-
-class StopLostModeParams(_Strict):
-    """STOP_LOST_MODE takes no parameters."""
-
-
-class AddEsimParams(_Strict):
-    """The eSIM profile ADD_ESIM installs."""
-
-    activationCode: str = Field(min_length=1, max_length=2000)
-    activationState: Literal["ACTIVATION_STATE_UNSPECIFIED", "ACTIVATED",
-                             "NOT_ACTIVATED"] | None = None
-
-
-class RemoveEsimParams(_Strict):
-    """The eSIM profile REMOVE_ESIM removes."""
-
-    iccId: str = Field(pattern=r"^[0-9A-Fa-f]{18,22}$")
-
-
-class RequestDeviceInfoParams(_Strict):
-    """Which device information REQUEST_DEVICE_INFO asks for."""
-
-    deviceInfo: Literal["EID"]
-
-
-class WipeParams(_Strict):
-    """How WIPE wipes."""
-
-    wipeDataFlags: list[WipeDataFlag] | None = Field(default=None, max_length=8)
-    wipeReason: UserFacingMessage | None = None
-
-
-class CommandRequest(_Strict):
-    """The body of ``:issueCommand``: an AMAPI ``Command``. Output-only fields are ignored."""
-
-    type: CommandTypeName | None = None
-    duration: str | None = Field(default=None, pattern=r"^[0-9]{1,12}(\.[0-9]{1,9})?s$")
-    newPassword: str | None = Field(default=None, max_length=256)
-    resetPasswordFlags: list[ResetPasswordFlag] | None = Field(default=None, max_length=8)
-    clearAppsDataParams: ClearAppsDataParams | None = None
-    startLostModeParams: StartLostModeParams | None = None
-    stopLostModeParams: StopLostModeParams | None = None
-    addEsimParams: AddEsimParams | None = None
-    removeEsimParams: RemoveEsimParams | None = None
-    requestDeviceInfoParams: RequestDeviceInfoParams | None = None
-    wipeParams: WipeParams | None = None
-    createTime: str | None = Field(default=None, max_length=64)
-    userName: str | None = Field(default=None, max_length=512)
-    errorCode: str | None = Field(default=None, max_length=64)
-    clearAppsDataStatus: dict[str, Any] | None = None
-    startLostModeStatus: dict[str, Any] | None = None
-    stopLostModeStatus: dict[str, Any] | None = None
-    esimStatus: dict[str, Any] | None = None
-    requestDeviceInfoStatus: dict[str, Any] | None = None
-
-
-class OperationError(BaseModel):
-    """Why an operation did not succeed (google.rpc.Status)."""
-
-    code: int
-    message: str
-
-
-class Operation(BaseModel):
-    """A command as a long-running operation; ``metadata`` is the Command. Fields without
-    a value are omitted, never ``null``."""
-
-    name: str
-    metadata: dict[str, Any]
-    done: bool
-    error: OperationError | SkipJsonSchema[None] = None
-
-
-class ListOperationsResponse(BaseModel):
-    """One page of operations, newest first."""
-
-    operations: list[Operation]
-    nextPageToken: str | SkipJsonSchema[None] = None
-
-
-class GoogleErrorDetail(BaseModel):
-    """Google's error body."""
-
-    code: int
-    message: str
-    status: str
-
-
-class GoogleError(BaseModel):
-    """``{"error": {"code", "message", "status"}}``."""
-
-    error: GoogleErrorDetail
 
 
 def plan(cmd: CommandRequest) -> tuple[str, dict[str, Any], Decimal | None]:
@@ -254,10 +108,23 @@ def _seconds(duration: str | None) -> Decimal | None:
 def operation(row: Any) -> dict[str, Any]:
     """The ``Operation`` of a ``commands`` row (never with a secret)."""
     e, d = row["aos_enterprise"], row["aos_device"]
+    status = Status(row["status"])
+    op: dict[str, Any] = {"name": f"enterprises/{e}/devices/{d}/operations/{row['id']}",
+                          "metadata": _metadata(row, status),
+                          "done": status not in (Status.PENDING, Status.RECEIVED)}
+    error = _operation_error(status, row["error_message"])
+    if error is not None:
+        op["error"] = error
+    return op
+
+
+def _metadata(row: Any, status: Status) -> dict[str, Any]:
+    """The ``Command`` of a row: what was asked, by and for whom, and what the device
+    reported (the status objects of its final ack, the error code of an ERROR)."""
     meta: dict[str, Any] = {"@type": COMMAND_TYPE, "type": row["command"],
                             "createTime": iso(row["created_at"]),
                             "duration": duration_text(row["duration_s"], row["duration_nanos"])}
-    user = row["user_name"] or (f"enterprises/{e}/users/{row['mdm_user']}"
+    user = row["user_name"] or (f"enterprises/{row['aos_enterprise']}/users/{row['mdm_user']}"
                                 if row["mdm_user"] else None)
     if user:
         meta["userName"] = user
@@ -273,17 +140,10 @@ def operation(row: Any) -> dict[str, Any]:
     for key in STATUS_FIELDS:
         if isinstance(data.get(key), dict):
             meta[key] = redact(data[key])
-    status = Status(row["status"])
     if status is Status.ERROR:
         error_type = _last_error_type(row["results"] or [])
         meta["errorCode"] = error_type if error_type in ERROR_CODES else "UNKNOWN"
-    op: dict[str, Any] = {"name": f"enterprises/{e}/devices/{d}/operations/{row['id']}",
-                          "metadata": meta, "done": status not in (Status.PENDING,
-                                                                   Status.RECEIVED)}
-    error = _operation_error(status, row["error_message"])
-    if error is not None:
-        op["error"] = error
-    return op
+    return meta
 
 
 def duration_text(seconds: int, nanos: int) -> str:

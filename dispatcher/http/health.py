@@ -1,4 +1,4 @@
-"""HTTP: health, readiness and metrics, and the seed APIs (registered from their modules).
+"""Health, readiness and metrics: ``/healthz``, ``/readyz`` and ``/metrics``.
 
 ``/healthz`` answers while the process runs; ``/readyz`` answers 200 only when
 PostgreSQL answers with every migration applied and Kafka answers, 503 otherwise,
@@ -10,34 +10,19 @@ decide readiness: ``pushProvider`` for all, ``pushProviders`` one by one);
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-if TYPE_CHECKING:
-    from dispatcher.app import Runtime
-
-RUNTIME: web.AppKey[Any] = web.AppKey("runtime", object)
+from dispatcher.http.common import RUNTIME
 
 
-def build_app(rt: Runtime) -> web.Application:
-    """The aiohttp application of the dispatcher."""
-    app = web.Application(client_max_size=1024 * 1024)
-    app[RUNTIME] = rt
+def register(app: web.Application) -> None:
+    """Add ``/healthz``, ``/readyz`` and ``/metrics``."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    _register_seed_routes(app)
-    return app
-
-
-def _register_seed_routes(app: web.Application) -> None:
-    try:
-        from dispatcher import routes  # the seed APIs, when present
-    except ImportError:
-        return
-    routes.register(app)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -47,7 +32,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Kafka and PostgreSQL reachable, migrations applied."""
-    rt: Runtime = request.app[RUNTIME]
+    rt = request.app[RUNTIME]
     postgres, kafka = await asyncio.gather(
         rt.store.ping() if rt.store is not None else _false(),
         rt.producer.ping() if rt.producer is not None else _false(),
@@ -66,7 +51,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    rt: Runtime = request.app[RUNTIME]
+    rt = request.app[RUNTIME]
     if rt.store is not None:
         pool = rt.store.pool
         rt.metrics.pool(pool.get_size(), pool.get_idle_size(), pool.get_max_size())

@@ -3,7 +3,9 @@
 ``PENDING -> RECEIVED -> DONE | ERROR``; ``PENDING -> DONE | ERROR`` (an ack may skip
 RECEIVED); ``PENDING | RECEIVED -> EXPIRED`` once ``createdAt + duration`` has passed;
 ``PENDING | RECEIVED -> CANCEL`` on request. ``DONE ERROR EXPIRED CANCEL`` are terminal.
-No I/O here: the store applies these decisions as guarded statements.
+A newer command of a device may make an older PENDING one moot (:func:`supersedes`), and
+each command has a priority (:func:`default_priority`). No I/O here: the store applies
+these decisions as guarded statements.
 """
 
 from __future__ import annotations
@@ -50,6 +52,83 @@ class CommandType(StrEnum):
     REMOVE_ESIM = "REMOVE_ESIM"
     REQUEST_DEVICE_INFO = "REQUEST_DEVICE_INFO"
     WIPE = "WIPE"
+
+
+class Priority(StrEnum):
+    """Which due push goes first across devices: ``high`` before ``normal`` before ``low``."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for ``high``, 1 for ``normal``, 2 for ``low``: claims take the lowest first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+
+HIGH_BY_DEFAULT: frozenset[CommandType] = frozenset({
+    CommandType.LOCK, CommandType.WIPE, CommandType.START_LOST_MODE,
+    CommandType.RESET_PASSWORD, CommandType.DISENROLL,
+})
+"""Types a stolen or lost device needs first: ``high`` unless the request says otherwise."""
+
+
+def default_priority(command: CommandType, *, campaign: bool = False) -> Priority:
+    """The priority of a command whose event or request names none (CONTRACT.md):
+    ``low`` for a campaign's commands, ``high`` for :data:`HIGH_BY_DEFAULT`, else ``normal``."""
+    if campaign:
+        return Priority.LOW
+    return Priority.HIGH if command in HIGH_BY_DEFAULT else Priority.NORMAL
+
+
+SUPERSEDE_SAME_TYPE: frozenset[CommandType] = frozenset({
+    CommandType.LOCK, CommandType.REBOOT, CommandType.RESET_PASSWORD,
+    CommandType.REQUEST_DEVICE_INFO, CommandType.START_LOST_MODE, CommandType.STOP_LOST_MODE,
+})
+"""A newer one of these makes an older PENDING one of the same type moot."""
+SUPERSEDE_EACH_OTHER: frozenset[frozenset[CommandType]] = frozenset({
+    frozenset({CommandType.START_LOST_MODE, CommandType.STOP_LOST_MODE}),
+})
+"""Pairs of types where the newer makes the older moot, either way round."""
+SUPERSEDE_EVERYTHING: frozenset[CommandType] = frozenset({
+    CommandType.WIPE, CommandType.DISENROLL, CommandType.RELINQUISH_OWNERSHIP,
+})
+"""A newer one of these makes every older PENDING command of the device moot."""
+
+
+def supersedes(newer: CommandType, older: CommandType) -> bool:
+    """Whether a newer command of a device makes an older PENDING one moot.
+
+    The older then ends CANCEL with errorType SUPERSEDED and is never pushed. Types that
+    carry their own params (CLEAR_APP_DATA, ADD_ESIM, REMOVE_ESIM) are superseded only by
+    :data:`SUPERSEDE_EVERYTHING`.
+    """
+    if newer in SUPERSEDE_EVERYTHING:
+        return True
+    if newer is older:
+        return newer in SUPERSEDE_SAME_TYPE
+    return frozenset({newer, older}) in SUPERSEDE_EACH_OTHER
+
+
+def supersede_pairs() -> list[tuple[CommandType, CommandType]]:
+    """Every (newer, older) pair of types of :func:`supersedes`, for the store's statement
+    (the rules live here once; SQL receives them as parameters)."""
+    return [(newer, older) for newer in CommandType for older in CommandType
+            if supersedes(newer, older)]
+
+
+def can_be_superseded(current: Status) -> bool:
+    """Only a command still PENDING (sent or not, but not received) can become moot."""
+    return current is Status.PENDING
+
+
+def validity_start(created_at: datetime, not_before: datetime | None) -> datetime:
+    """Validity runs from ``max(createdAt, notBefore)``: a command is not pushed before
+    ``notBefore`` and its ``duration`` counts from then."""
+    return created_at if not_before is None else max(created_at, not_before)
 
 
 OPEN: frozenset[Status] = frozenset({Status.PENDING, Status.RECEIVED})

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher import lifecycle
-from dispatcher.lifecycle import OPEN, TERMINAL, AckStatus, Status
+from dispatcher.lifecycle import OPEN, TERMINAL, AckStatus, CommandType, Priority, Status
 
 statuses = st.sampled_from(list(Status))
 acks = st.sampled_from(list(AckStatus))
@@ -110,3 +110,69 @@ def test_backoff_grows_within_bounds(attempt: int, base: float, cap: float, seed
 def test_retry_after_is_a_floor(attempt: int, retry_after: float) -> None:
     delay = lifecycle.retry_delay_s(attempt, 0.1, 300.0, retry_after, random.Random(1))
     assert delay >= min(retry_after, 300.0)
+
+
+# Superseding, priority and notBefore (CONTRACT.md "Superseding", "Order and fairness")
+
+PARAMS_CARRIERS = {CommandType.CLEAR_APP_DATA, CommandType.ADD_ESIM, CommandType.REMOVE_ESIM}
+
+
+@given(st.sampled_from(CommandType), st.sampled_from(CommandType))
+def test_supersede_rules_follow_the_contract(newer: CommandType, older: CommandType) -> None:
+    expected = (
+        newer in {CommandType.WIPE, CommandType.DISENROLL, CommandType.RELINQUISH_OWNERSHIP}
+        or (newer == older and newer not in PARAMS_CARRIERS)
+        or {newer, older} == {CommandType.START_LOST_MODE, CommandType.STOP_LOST_MODE}
+    )
+    assert lifecycle.supersedes(newer, older) is expected
+
+
+def test_commands_that_carry_params_are_superseded_only_by_the_device_enders() -> None:
+    for carrier in PARAMS_CARRIERS:
+        by = {t for t in CommandType if lifecycle.supersedes(t, carrier)}
+        assert by == {CommandType.WIPE, CommandType.DISENROLL, CommandType.RELINQUISH_OWNERSHIP}
+
+
+def test_a_lock_does_not_make_a_pending_wipe_moot() -> None:
+    assert lifecycle.supersedes(CommandType.WIPE, CommandType.LOCK)
+    assert not lifecycle.supersedes(CommandType.LOCK, CommandType.WIPE)
+    assert not lifecycle.supersedes(CommandType.REBOOT, CommandType.LOCK)
+
+
+def test_the_pairs_given_to_the_store_are_exactly_the_rule() -> None:
+    pairs = set(lifecycle.supersede_pairs())
+    assert pairs == {(n, o) for n in CommandType for o in CommandType
+                     if lifecycle.supersedes(n, o)}
+    assert (CommandType.STOP_LOST_MODE, CommandType.START_LOST_MODE) in pairs
+    assert (CommandType.CLEAR_APP_DATA, CommandType.CLEAR_APP_DATA) not in pairs
+
+
+@given(st.sampled_from(Status))
+def test_only_pending_commands_can_be_superseded(status: Status) -> None:
+    assert lifecycle.can_be_superseded(status) is (status is Status.PENDING)
+
+
+@given(st.sampled_from(CommandType), st.booleans())
+def test_default_priority(command: CommandType, campaign: bool) -> None:
+    got = lifecycle.default_priority(command, campaign=campaign)
+    if campaign:
+        assert got is Priority.LOW
+    elif command.value in {"LOCK", "WIPE", "START_LOST_MODE", "RESET_PASSWORD", "DISENROLL"}:
+        assert got is Priority.HIGH
+    else:
+        assert got is Priority.NORMAL
+
+
+def test_priority_ranks_put_high_first() -> None:
+    assert sorted(Priority, key=lambda p: p.rank) == [Priority.HIGH, Priority.NORMAL,
+                                                      Priority.LOW]
+
+
+@given(st.datetimes(timezones=st.just(UTC)), st.none() | st.datetimes(timezones=st.just(UTC)))
+def test_validity_starts_at_the_later_of_created_and_not_before(
+        created: datetime, not_before: datetime | None) -> None:
+    start = lifecycle.validity_start(created, not_before)
+    assert start >= created
+    assert start in (created, not_before)
+    if not_before is not None:
+        assert start >= not_before

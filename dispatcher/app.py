@@ -29,10 +29,9 @@ from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUnavailable
 from dispatcher.expiry import Timer
 from dispatcher.kafka import INPUTS, Producer, ensure_topics
-from dispatcher.lanes import make_providers
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
-from dispatcher.push import Provider, Pusher
+from dispatcher.push import Provider, Pusher, make_providers
 from dispatcher.retention import Retention
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import Store, check_migrated, migrate

@@ -27,7 +27,7 @@ import requests
 from google.oauth2 import service_account
 
 from dispatcher.exceptions import PushError
-from dispatcher.push import PushRequest
+from dispatcher.push.providers import PushRequest, retry_after_s
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -110,14 +110,9 @@ def classify(status: int, payload: Any, retry_after_s: float | None, token: str 
                      error_type="PUSH_REJECTED", retriable=False, outcome="rejected")
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds of a ``Retry-After`` header given in seconds; None when absent or a date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+parse_retry_after = retry_after_s
+"""Seconds of a ``Retry-After`` header given in seconds; None when absent or a date (the
+same reading as Pushy's)."""
 
 
 class _TimedRequest(google.auth.transport.requests.Request):

@@ -27,10 +27,9 @@ from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUna
 from dispatcher.expiry import Timer
 from dispatcher.http.app import build_app
 from dispatcher.kafka import INPUTS, Producer, ensure_topics
-from dispatcher.lanes import make_providers
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import OutboxRelay
-from dispatcher.push import Provider, Pusher
+from dispatcher.push import Provider, Pusher, make_providers
 from dispatcher.retention import Retention
 from dispatcher.runtime import Runtime
 from dispatcher.secretbox import SecretBox

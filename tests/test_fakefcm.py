@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dispatcher.exceptions import PushError
-from dispatcher.fcm import FCM_ERROR, AccessTokens
+from dispatcher.push.fcm import FCM_ERROR, AccessTokens
 from dispatcher_dev.fakefcm import SCOPE, FakeFcm
 
 DEVICE = "fcm-token-abc"

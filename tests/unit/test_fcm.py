@@ -11,9 +11,9 @@ import pytest
 
 from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES, ConfigError
-from dispatcher.fcm import BAD_REQUEST, FCM_ERROR, build_message, classify, parse_retry_after
-from dispatcher.lanes import lane_of, make_lanes
 from dispatcher.push import LogProvider, PushRequest
+from dispatcher.push.fcm import BAD_REQUEST, FCM_ERROR, build_message, classify, parse_retry_after
+from dispatcher.push.lanes import lane_of, make_lanes
 
 TOKEN = "fcm-device-token-0123456789"
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES, PushError
-from dispatcher.push import pushy_answer, retry_after_s, transport_error
+from dispatcher.push.providers import pushy_answer, retry_after_s, transport_error
 
 TOKEN = "device-token-0123456789"
 PROVIDER_TEXT = f"internal shard 7 of account acme-corp refused {TOKEN}"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dispatcher.config import Settings
-    from dispatcher.push import Provider
+    from dispatcher.metrics import Metrics
+    from dispatcher.push.providers import Provider
 
 UNHEALTHY_AFTER = 5
 """Retriable failures in a row after which a provider counts as failing."""
@@ -74,6 +74,18 @@ class Lane:
         """Seconds this provider asked to be left alone (Retry-After), 0 when none."""
         return max(self.paused_until - time.monotonic(), 0.0)
 
+    def succeeded(self) -> bool:
+        """Count an accepted push; return whether it ends a failing spell (recovered)."""
+        recovered = not self.healthy
+        self.failures = 0
+        return recovered
+
+    def failed(self, retry_after_s: float | None) -> None:
+        """Count a retriable failure; the provider's Retry-After pauses the whole lane."""
+        self.failures += 1
+        if retry_after_s is not None:
+            self.paused_until = max(self.paused_until, time.monotonic() + retry_after_s)
+
 
 def make_lanes(providers: Sequence[Provider], concurrency: int, queue_max: int) -> dict[str, Lane]:
     """A lane per provider, in configuration order (the first is the default)."""
@@ -94,25 +106,19 @@ def lane_of(lanes: dict[str, Lane], row: Any) -> Lane | None:
     return lanes.get(wanted) or (default if default.name == "log" else None)
 
 
-def make_providers(settings: Settings) -> list[Provider]:
-    """The providers ``DISPATCHER_PUSH_PROVIDER`` names, the default first.
+def hold_s(lanes: dict[str, Lane]) -> float:
+    """How long no claim may run: the shortest pause among the providers (0: none)."""
+    return min(lane.hold_s() for lane in lanes.values())
 
-    A request never outlives its lease: past the lease another claim could send the
-    same push while the first is still in flight, so the request timeout is capped.
-    """
-    from dispatcher.fcm import AccessTokens, FcmProvider  # both import the pusher's module
-    from dispatcher.push import LogProvider, PushyProvider
 
-    timeout_s = min(settings.push_timeout_s, settings.push_lease_s * 0.8)
-    out: list[Provider] = []
-    for name in settings.push_providers:
-        if name == "log":
-            out.append(LogProvider())
-        elif name == "pushy":
-            out.append(PushyProvider(settings.pushy_api_url, settings.pushy_api_key,
-                                     timeout_s, settings.push_concurrency))
-        else:
-            tokens = AccessTokens(settings.fcm_credentials_file, timeout_s)
-            out.append(FcmProvider(settings.fcm_api_url, tokens, timeout_s,
-                                   settings.push_concurrency))
-    return out
+def health(lanes: dict[str, Lane]) -> dict[str, bool]:
+    """Each configured provider and whether it is healthy."""
+    return {name: lane.healthy for name, lane in lanes.items()}
+
+
+def report_health(lanes: dict[str, Lane], metrics: Metrics) -> None:
+    """``dependency_up``: ``push_provider`` (all providers) and one per provider."""
+    metrics.dependency_up.labels("push_provider").set(
+        int(all(lane.healthy for lane in lanes.values())))
+    for name, lane in lanes.items():
+        metrics.dependency_up.labels(f"push_provider_{name}").set(int(lane.healthy))

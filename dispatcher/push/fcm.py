@@ -27,7 +27,8 @@ import requests
 from google.oauth2 import service_account
 
 from dispatcher.exceptions import PushError
-from dispatcher.push import PushRequest
+from dispatcher.push.providers import PushRequest
+from dispatcher.push.providers import retry_after_s as parse_retry_after  # Pushy's reading
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -108,16 +109,6 @@ def classify(status: int, payload: Any, retry_after_s: float | None, token: str 
                          retriable=True, retry_after_s=retry_after_s, outcome=outcome)
     return PushError(f"FCM rejected the push ({code or status}): {text}",
                      error_type="PUSH_REJECTED", retriable=False, outcome="rejected")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds of a ``Retry-After`` header given in seconds; None when absent or a date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class _TimedRequest(google.auth.transport.requests.Request):

@@ -51,13 +51,16 @@ import asyncpg
 import pytest
 
 from dispatcher_dev.fakepushy import FakePushy
-from tests.acceptance.conftest import PUSHY_KEY
-from tests.conftest import PgServer
-from tests.faults.conftest import Dispatcher, Gateway, Plan, base_env, histories
-from tests.faults.proxy import Proxy, proxied_broker
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, iso, report
-from tests.promserver import Prometheus, binary, dashboard, interpolate, targets, values
-from tests.promserver import variable_values as resolve_variables
+from tests.support.db import PgServer
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.faults import Gateway, Plan, base_env
+from tests.support.figures import report
+from tests.support.kafka import Kafka
+from tests.support.lifecycle import histories
+from tests.support.process import PUSHY_KEY, Dispatcher
+from tests.support.promserver import Prometheus, binary, dashboard, interpolate, targets, values
+from tests.support.promserver import variable_values as resolve_variables
+from tests.support.proxy import Proxy, proxied_broker
 
 pytestmark = pytest.mark.acceptance
 

@@ -27,9 +27,9 @@ import pytest
 from dispatcher.secretbox import generate_keys
 from dispatcher.store import migration_files
 from dispatcher_dev.devstack import free_port
-from tests.acceptance.conftest import service_env, stop_process
-from tests.conftest import PgServer
-from tests.helpers import report
+from tests.support.db import PgServer
+from tests.support.figures import report
+from tests.support.process import service_env, stop_process
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(600)]
 

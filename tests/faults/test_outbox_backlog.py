@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PgServer
-from tests.faults.conftest import Rig, open_rig
-from tests.faults.proxy import Proxy, proxied_broker
-from tests.helpers import command_event, hex24, report, wait_for
+from tests.support.db import PgServer
+from tests.support.events import command_event, hex24
+from tests.support.faults import Rig, open_rig
+from tests.support.figures import report
+from tests.support.proxy import Proxy, proxied_broker
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.acceptance
 

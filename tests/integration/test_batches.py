@@ -29,7 +29,8 @@ from dispatcher.kafka import Producer, ensure_topics
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import Store
-from tests.helpers import ack_event, command_event, hex24, wait_for
+from tests.support.events import ack_event, command_event, hex24
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,11 @@ from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher_dev.devstack import EmbeddedKafka, free_port
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
-from tests.service import PUSHY_KEY, running
-from tests.tlsutil import Pki, TlsTerminator, make_pki
+from tests.support.events import ack_event, command_event, device_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.service import PUSHY_KEY, running
+from tests.support.tlsutil import Pki, TlsTerminator, make_pki
+from tests.support.wait import wait_for
 
 PASSWORD = "kafka-pw-" + secrets.token_hex(8)
 
@@ -80,10 +82,10 @@ async def test_a_command_goes_from_created_to_done_over_tls(
     s = _tls(settings, bootstrap, pki)
     kafka = Kafka(bootstrap, s.topic_prefix, security=client_security(s))
     pushy = FakePushy(PUSHY_KEY)
-    url = await pushy.start()
+    await pushy.start()
     await kafka.start()
     try:
-        async with running(s, pushy, pushy_api_url=url):
+        async with running(s, pushy):
             device = hex24()
             await kafka.send("devices", device_event(device))
             cmd = command_event(device, command="LOCK")

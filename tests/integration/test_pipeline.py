@@ -6,7 +6,9 @@ import asyncpg
 
 from dispatcher.config import Settings
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
+from tests.support.events import ack_event, command_event, device_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.wait import wait_for
 
 
 async def status_of(dsn: str, command_id: str) -> str | None:

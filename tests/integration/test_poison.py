@@ -21,15 +21,9 @@ import asyncpg
 
 from dispatcher.app import Runtime
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import (
-    Kafka,
-    ack_event,
-    command_event,
-    device_event,
-    hex24,
-    iso,
-    until,
-)
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.kafka import Kafka
+from tests.support.wait import until
 
 T = TypeVar("T")
 

@@ -31,8 +31,8 @@ from dispatcher.config import Settings
 from dispatcher.exceptions import StoreUnavailable
 from dispatcher.store import Store, check_migrated, migrate
 from dispatcher_dev.devstack import EmbeddedPostgres, system_postgres_bin_dir
-from tests.service import running
-from tests.tlsutil import PgTlsTerminator, Pki, make_pki
+from tests.support.service import running
+from tests.support.tlsutil import PgTlsTerminator, Pki, make_pki
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import DeviceAck
 from dispatcher.store import _init_connection
-from tests.helpers import ENTERPRISE, ORG, hex24
+from tests.support.events import ENTERPRISE, ORG, hex24
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -23,7 +23,7 @@ from dispatcher.config import SECRET_FIELDS, Settings
 from dispatcher.consumer import StreamConsumer
 from dispatcher.exceptions import BrokerUnavailable, ConfigError
 from dispatcher.metrics import Metrics
-from tests.tlsutil import Pki, make_pki
+from tests.support.tlsutil import Pki, make_pki
 
 PASSWORD = "pa55-never-logged"
 

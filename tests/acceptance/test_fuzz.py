@@ -12,6 +12,7 @@ ordinary records behind the corpus, on every topic, applied.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -72,7 +73,7 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
     open_cmd, acked_cmd = command_event(dev), command_event(dev)
     for cmd in (open_cmd, acked_cmd):
         await service.kafka.send("commands.created", cmd)
-        await until(lambda c=cmd: pushed(service, c["id"]), what="the first pushes")
+        await until(functools.partial(pushed, service, cmd["id"]), what="the first pushes")
 
     sent: dict[tuple[str, int, int], tuple[str, bytes]] = {}
     assert service.kafka.producer is not None

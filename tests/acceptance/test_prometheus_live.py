@@ -258,10 +258,10 @@ async def broker_cut(stack: Stack, silent: list[str]) -> dict[str, str]:
     await stack.kafka.send_many("commands.created", commands)
 
     async def stored_and_announced() -> bool:
-        stored = await stack.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1)",
-                                         [c["id"] for c in commands])
-        return stored == len(commands) and \
-            await stack.db.fetchval("SELECT count(*) FROM status_outbox") == 0
+        stored: int = await stack.db.fetchval(
+            "SELECT count(*) FROM commands WHERE id = ANY($1)", [c["id"] for c in commands])
+        waiting: int = await stack.db.fetchval("SELECT count(*) FROM status_outbox")
+        return stored == len(commands) and waiting == 0
 
     await until(stored_and_announced, 30, "silent commands stored and announced", stack)
     early = await stack.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1) AND "

@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
 from dispatcher.app import Runtime
@@ -50,11 +51,12 @@ def _fuzz(schema_doc: dict[str, Any], base_url: str, auth: str,
     calls = 0
     statuses: dict[int, int] = {}
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
         operation = result.ok()
         names = {p.name for p in operation.path_parameters}
         real = {k: v for k, v in fixed.items() if k in names}
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            variants = [{}] + ([real] if real else [])
+            variants: list[dict[str, str]] = [{}] + ([real] if real else [])
             for path_parameters in variants:
                 strategy = operation.as_strategy(mode, path_parameters=path_parameters or None)
 

@@ -52,8 +52,9 @@ async def test_outbox_backlog_and_age_while_the_broker_is_cut(cut: tuple[Rig, Pr
     await rig.kafka.send_many("commands.created", commands)
 
     async def stored_and_announced() -> bool:
-        stored = await rig.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1)", ids)
-        waiting = await rig.db.fetchval("SELECT count(*) FROM status_outbox")
+        stored: int = await rig.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1)",
+                                            ids)
+        waiting: int = await rig.db.fetchval("SELECT count(*) FROM status_outbox")
         return stored == COMMANDS and waiting == 0
 
     await wait_for(stored_and_announced, timeout=30, what="commands stored, PENDING relayed")

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -45,7 +46,7 @@ async def processor(settings: Settings) -> AsyncIterator[BatchProcessor]:
     await store.close()
 
 
-def records(topic: str, events: list[dict]) -> list[Source]:
+def records(topic: str, events: list[dict[str, Any]]) -> list[Source]:
     return [Source(topic, 0, i, e["aosDevice"].encode(), json.dumps(e).encode(), 0)
             for i, e in enumerate(events)]
 

@@ -132,7 +132,9 @@ async def test_a_removed_command_replayed_is_recorded_expired_and_never_pushed_a
         await kafka.send("commands.created", lock)
 
         async def status() -> str | None:
-            return await db.fetchval("SELECT status FROM commands WHERE id = $1", lock["id"])
+            found: str | None = await db.fetchval("SELECT status FROM commands WHERE id = $1",
+                                                  lock["id"])
+            return found
 
         async def pushes() -> int:
             return sum(r.data.get("commandId") == lock["id"] for r in pushy.accepted)

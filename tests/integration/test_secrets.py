@@ -8,6 +8,7 @@ dead letters or metrics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -287,7 +288,8 @@ async def test_secrets_are_sealed_to_the_device_key_and_never_go_in_clear(
         lock = command_event(keyless, command="LOCK")
         await kafka.send_many("commands.created", [card, password, refused, lock])
         for command, private in ((card, ec_key), (password, rsa_key)):
-            push = await wait_for(lambda c=command: _push_of(pushy, c["id"]), what="a push")
+            push = await wait_for(functools.partial(_push_of, pushy, command["id"]),
+                                  what="a push")
             assert CODE not in json.dumps(push.data)
             assert PASSWORD not in json.dumps(push.data)
             opened = sealing.open_sealed(private, command["id"], push.data["sealed"])

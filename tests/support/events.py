@@ -24,7 +24,7 @@ ENTERPRISE = "5f1e2d3c4b5a69788796a5b5"
 
 
 def command_event(device: str, **over: Any) -> dict[str, Any]:
-    event = {"id": hex24(), "organization": ORG, "aosEnterprise": ENTERPRISE,
+    event: dict[str, Any] = {"id": hex24(), "organization": ORG, "aosEnterprise": ENTERPRISE,
              "aosDevice": device, "mdmUser": None, "command": "LOCK", "params": {},
              "duration": 600, "createdAt": iso()}
     event.update(over)
@@ -33,7 +33,7 @@ def command_event(device: str, **over: Any) -> dict[str, Any]:
 
 def device_event(device: str, token: str | None = "tok-", state: str = "ACTIVE",
                  **over: Any) -> dict[str, Any]:
-    event = {"aosDevice": device, "organization": ORG, "aosEnterprise": ENTERPRISE,
+    event: dict[str, Any] = {"aosDevice": device, "organization": ORG, "aosEnterprise": ENTERPRISE,
              "mdmUser": None, "pushToken": (token + device) if token == "tok-" else token,
              "state": state, "updatedAt": iso()}
     event.update(over)
@@ -42,7 +42,7 @@ def device_event(device: str, token: str | None = "tok-", state: str = "ACTIVE",
 
 def ack_event(command_id: str, device: str, status: str, at: datetime | None = None,
               **over: Any) -> dict[str, Any]:
-    event = {"commandId": command_id, "aosDevice": device, "status": status,
+    event: dict[str, Any] = {"commandId": command_id, "aosDevice": device, "status": status,
              "at": iso(at), "data": {}}
     event.update(over)
     return event

@@ -10,9 +10,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = 30.0,
+async def wait_for(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0,
                    interval: float = 0.1, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds.
+
+    What it returns is that truthy answer, so never ``None``: a check that answers
+    ``X | None`` gives an ``X``.
+    """
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:

@@ -38,8 +38,9 @@ from dispatcher.push import repeat_bound
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
-from tests.support.db import PgServer
+from tests.support.db import PgServer, statuses
 from tests.support.events import ORG, ack_event, command_event, device_event, hex24, iso
+from tests.support.fakes import accepted_at_least
 from tests.support.figures import report
 from tests.support.kafka import Kafka
 from tests.support.lifecycle import check, histories
@@ -254,17 +255,8 @@ async def kill_with_pushes_in_flight(cluster: Cluster) -> dict[str, float]:
     return {"victim_inflight": inflight, "fake_inflight": at_fake}
 
 
-async def _accepted_at_least(pushy: FakePushy, n: int) -> bool:
-    return len(pushy.accepted) >= n
-
-
-async def final_statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
-
-
 async def settled(cluster: Cluster, expected: dict[str, str]) -> bool:
-    now = await final_statuses(cluster.db, list(expected))
+    now = await statuses(cluster.db, list(expected))
     backlog = await cluster.db.fetchval("SELECT count(*) FROM status_outbox")
     return now == expected and backlog == 0
 
@@ -298,7 +290,7 @@ async def test_sigkill_one_replica_mid_stream(cluster: Cluster) -> None:
     pushy.fail_next = [500, 500, 500]  # a few retries: the push path logs them
     await kafka.send_many("commands.created", cmds[:1200])
 
-    await wait_for(lambda: _accepted_at_least(pushy, KILL_AFTER_PUSHES), timeout=120,
+    await wait_for(lambda: accepted_at_least(pushy, KILL_AFTER_PUSHES), timeout=120,
                    what=f"{KILL_AFTER_PUSHES} pushes before the kill")
     pre = cluster.figures["before_kill"] = await snapshot(cluster, list(LEVELS))
     in_flight = await kill_with_pushes_in_flight(cluster)
@@ -412,4 +404,3 @@ async def test_logs_are_json_with_ids_and_no_secrets(cluster: Cluster) -> None:
     assert retries
     assert all(line["command_id"] in cluster.gateway.plans and line["device_id"]
                for line in retries)
-

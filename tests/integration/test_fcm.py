@@ -22,6 +22,7 @@ from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES
 from dispatcher_dev.fakefcm import FakeFcm, MessageRecord
 from dispatcher_dev.fakepushy import FakePushy
+from tests.support.db import statuses
 from tests.support.events import command_event, device_event, hex24
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running
@@ -82,11 +83,6 @@ async def commands(kafka: Kafka, ids: list[str], **over: Any) -> list[str]:
 
 def sent_ids(records: list[MessageRecord]) -> set[str]:
     return {str(r.data.get("commandId")) for r in records}
-
-
-async def statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
 
 
 async def pushed(fcm: FakeFcm, ids: list[str], timeout: float = 30) -> None:

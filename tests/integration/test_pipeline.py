@@ -10,6 +10,7 @@ from dispatcher.app import Runtime
 from dispatcher.config import Settings
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.events import ack_event, command_event, device_event, hex24
+from tests.support.fakes import was_pushed
 from tests.support.kafka import Kafka
 from tests.support.wait import wait_for
 
@@ -30,7 +31,7 @@ async def test_command_is_pushed_and_acked_to_done(service: Runtime, kafka: Kafk
     await kafka.send("devices", device_event(device))
     cmd = command_event(device, command="REBOOT")
     await kafka.send("commands.created", cmd)
-    await wait_for(lambda: _pushed(pushy, cmd["id"]), what="the push")
+    await wait_for(lambda: was_pushed(pushy, cmd["id"]), what="the push")
     push = next(r for r in pushy.accepted if r.data.get("commandId") == cmd["id"])
     assert push.to == f"tok-{device}"
     assert push.time_to_live is not None
@@ -42,10 +43,6 @@ async def test_command_is_pushed_and_acked_to_done(service: Runtime, kafka: Kafk
     assert [(e["previousStatus"], e["status"]) for e in events] == [
         (None, "PENDING"), ("PENDING", "RECEIVED"), ("RECEIVED", "DONE")]
     assert events[-1]["pushId"] == push.push_id
-
-
-async def _pushed(pushy: FakePushy, command_id: str) -> bool:
-    return any(r.data.get("commandId") == command_id for r in pushy.accepted)
 
 
 async def _is(dsn: str, command_id: str, status: str) -> bool:

@@ -25,6 +25,7 @@ from aiohttp import web
 from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
+from tests.support.db import statuses
 from tests.support.events import ack_event, command_event, device_event, hex24, iso
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running
@@ -105,11 +106,6 @@ async def all_pushed(pushy: FakePushy, cmds: list[dict[str, Any]], timeout: floa
         return wanted <= set(accepted_ids(pushy))
 
     await wait_for(check, timeout=timeout, what=f"{len(wanted)} pushes")
-
-
-async def statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
 
 
 async def http_get(url: str) -> tuple[int, str]:

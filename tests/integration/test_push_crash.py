@@ -28,6 +28,7 @@ from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.events import command_event, device_event, hex24
+from tests.support.fakes import accepted_at_least
 from tests.support.figures import report
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY
@@ -128,7 +129,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
         for kill_at in KILL_AFTER_PUSHES:
             await kafka.send_many("commands.created", chunks.pop(0))
             await kafka.send_many("commands.created", chunks.pop(0))
-            await wait_for(functools.partial(_accepted_at_least, pushy, kill_at),
+            await wait_for(functools.partial(accepted_at_least, pushy, kill_at),
                            timeout=120, what=f"{kill_at} pushes before the kill")
             await kafka.send_many("commands.created", chunks.pop(0))  # some not yet consumed
             in_flight_at_kills.append(pushy.inflight)
@@ -159,10 +160,6 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
     assert repeats <= repeat_bound(CONCURRENCY) * len(KILL_AFTER_PUSHES)
     assert PASSWORD not in svc.output()
     assert PUSHY_KEY not in svc.output()
-
-
-async def _accepted_at_least(pushy: FakePushy, n: int) -> bool:
-    return len(pushy.accepted) >= n
 
 
 async def _all_pushed(pushy: FakePushy, cmds: list[dict[str, Any]]) -> bool:

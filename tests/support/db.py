@@ -33,3 +33,9 @@ class PgServer:
 
     async def create_database(self, name: str) -> str:
         return await create_database(self.admin_dsn, name)
+
+
+async def statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
+    """The stored status of each of these commands (those stored)."""
+    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
+    return {r["id"]: r["status"] for r in rows}

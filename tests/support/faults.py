@@ -29,6 +29,7 @@ import asyncpg
 
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
+from tests.support.db import statuses
 from tests.support.events import ack_event, command_event, device_event, hex24
 from tests.support.figures import report
 from tests.support.kafka import Kafka
@@ -158,11 +159,6 @@ class Figures:
                 f"transitions {self.duplicate_transitions}, transitions outside the lifecycle "
                 f"{self.bad_transitions}, repeated pushes {self.repeated_pushes} (bound "
                 f"{self.repeat_bound}){extra}")
-
-
-async def statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
 
 
 async def settle(db: asyncpg.Connection, expected: dict[str, str], timeout: float) -> None:

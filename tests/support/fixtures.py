@@ -1,5 +1,7 @@
 """Pytest plugin, the in-process service and its clients (one of each per test module).
 
+Also ``pki``: a test PKI per module (the TLS tests).
+
 Used by tests/integration and tests/api; tests/acceptance overrides ``service`` with a
 `dispatcher run` subprocess. A test module may override any of them with its own.
 """
@@ -15,6 +17,7 @@ from dispatcher.config import Settings
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running
+from tests.support.tlsutil import Pki, make_pki
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +43,9 @@ async def service(settings: Settings, pushy: FakePushy) -> AsyncIterator[Runtime
     """The dispatcher, running in-process against the test servers."""
     async with running(settings, pushy) as rt:
         yield rt
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """This module's test PKI: a CA, server and client certificates, an unrelated CA."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

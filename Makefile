@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check dispatcher devtools tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy dispatcher devtools/dispatcher_dev bench
+	$(BIN)/mypy dispatcher devtools/dispatcher_dev bench tests
 
 all: lint types test
 

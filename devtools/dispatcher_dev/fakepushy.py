@@ -262,6 +262,8 @@ class FakePushy:
         inflight: Requests being handled right now.
         max_inflight: The most requests ever handled at the same time.
         app: The aiohttp application (mountable elsewhere if wanted).
+        url: The base URL it serves on once started (``""`` before), as :meth:`start`
+            returns it.
     """
 
     def __init__(
@@ -288,6 +290,7 @@ class FakePushy:
         self._window: deque[float] = deque()
         self._callbacks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
+        self.url: str = ""
         self.app = web.Application()
         self.app.router.add_post("/push", self._handle_push)
 
@@ -313,7 +316,8 @@ class FakePushy:
         self._runner = runner
         bound_port = runner.addresses[0][1]
         shown_host = f"[{host}]" if ":" in host else host
-        return f"http://{shown_host}:{bound_port}"
+        self.url = f"http://{shown_host}:{bound_port}"
+        return self.url
 
     async def stop(self) -> None:
         """Stop serving (in-flight answers get 1 s), then cancel pending ``on_push`` callbacks.

@@ -16,22 +16,25 @@ import asyncio
 import json
 import secrets
 import subprocess
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
 
 from dispatcher.store import migration_files
-from tests.acceptance.conftest import (
+from tests.support.db import PgServer
+from tests.support.events import ack_event, command_event, device_event, hex24, iso, overdue
+from tests.support.process import (
     DISPATCHER,
     SHUTDOWN_TIMEOUT_S,
     Service,
+    events_of,
+    pushed,
+    reaches,
     service_env,
     stop_process,
 )
-from tests.conftest import PgServer
-from tests.helpers import ack_event, command_event, device_event, hex24, iso, overdue, wait_for
+from tests.support.wait import until
 
 pytestmark = pytest.mark.acceptance
 
@@ -48,38 +51,8 @@ CONTRACT_METRICS = (
     "dispatcher_consumer_lag",
 )
 
-T = TypeVar("T")
-
-async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0,
-                what: str = "condition") -> T:
-    """:func:`wait_for` typed for checks that answer ``None`` until they find something."""
-    found = await wait_for(check, timeout=timeout, what=what)
-    assert found is not None
-    return found
-
-
-
-async def events_of(svc: Service, command_id: str) -> list[dict[str, Any]]:
-    return [e for e in await svc.kafka.read("commands.status", timeout_s=0.3)
-            if isinstance(e, dict) and e.get("id") == command_id]
-
-
 def transitions(events: list[dict[str, Any]]) -> list[Transition]:
     return [(e["previousStatus"], e["status"]) for e in events]
-
-
-async def reaches(svc: Service, command_id: str, status: str,
-                  timeout: float = 30) -> list[dict[str, Any]]:
-    """The command's status events once one says ``status``."""
-    async def check() -> list[dict[str, Any]] | None:
-        events = await events_of(svc, command_id)
-        return events if any(e["status"] == status for e in events) else None
-
-    return await until(check, timeout=timeout, what=f"{command_id} -> {status}")
-
-
-async def pushed(svc: Service, command_id: str) -> list[Any]:
-    return [r for r in svc.pushy.accepted if r.data.get("commandId") == command_id]
 
 
 async def device(svc: Service) -> str:

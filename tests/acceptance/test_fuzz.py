@@ -12,6 +12,7 @@ ordinary records behind the corpus, on every topic, applied.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -21,12 +22,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dispatcher.config import Settings
-from dispatcher.events import INPUT_MODELS, parse
+from dispatcher.events import (
+    INPUT_MODELS,
+    CancelRequest,
+    CommandCreated,
+    DeviceAck,
+    DeviceState,
+    parse,
+)
 from dispatcher.exceptions import InvalidEvent
-from tests import fuzz
-from tests.acceptance.conftest import Service
-from tests.acceptance.test_dispatcher_run import pushed, reaches
-from tests.helpers import ack_event, command_event, device_event, hex24, iso, report, until
+from tests.support import fuzz
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.figures import report
+from tests.support.process import Service, pushed, reaches
+from tests.support.wait import until
 
 pytestmark = pytest.mark.acceptance
 
@@ -64,7 +73,7 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
     open_cmd, acked_cmd = command_event(dev), command_event(dev)
     for cmd in (open_cmd, acked_cmd):
         await service.kafka.send("commands.created", cmd)
-        await until(lambda c=cmd: pushed(service, c["id"]), what="the first pushes")
+        await until(functools.partial(pushed, service, cmd["id"]), what="the first pushes")
 
     sent: dict[tuple[str, int, int], tuple[str, bytes]] = {}
     assert service.kafka.producer is not None
@@ -115,11 +124,12 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
         for (_, _, offset), (name, raw) in applied.items():
             event = parse(INPUT_MODELS[name], raw, MAX_EVENT_BYTES)
             if name == "commands.created":
-                row = await conn.fetchrow("SELECT 1 FROM commands WHERE id = $1",
-                                          event.id)  # type: ignore[attr-defined]
+                assert isinstance(event, CommandCreated)
+                row = await conn.fetchrow("SELECT 1 FROM commands WHERE id = $1", event.id)
             else:
+                assert isinstance(event, DeviceState | DeviceAck | CancelRequest)
                 row = await conn.fetchrow("SELECT 1 FROM devices WHERE aos_device = $1",
-                                          event.aosDevice)  # type: ignore[attr-defined]
+                                          event.aosDevice)
             assert row is not None, (name, offset, raw[:200])
     finally:
         await conn.close()

@@ -51,13 +51,16 @@ import asyncpg
 import pytest
 
 from dispatcher_dev.fakepushy import FakePushy
-from tests.acceptance.conftest import PUSHY_KEY
-from tests.conftest import PgServer
-from tests.faults.conftest import Dispatcher, Gateway, Plan, base_env, histories
-from tests.faults.proxy import Proxy, proxied_broker
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, iso, report
-from tests.promserver import Prometheus, binary, dashboard, interpolate, targets, values
-from tests.promserver import variable_values as resolve_variables
+from tests.support.db import PgServer
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.faults import Gateway, Plan, base_env
+from tests.support.figures import report
+from tests.support.kafka import Kafka
+from tests.support.lifecycle import histories
+from tests.support.process import PUSHY_KEY, Dispatcher
+from tests.support.promserver import Prometheus, binary, dashboard, interpolate, targets, values
+from tests.support.promserver import variable_values as resolve_variables
+from tests.support.proxy import Proxy, proxied_broker
 
 pytestmark = pytest.mark.acceptance
 
@@ -255,10 +258,10 @@ async def broker_cut(stack: Stack, silent: list[str]) -> dict[str, str]:
     await stack.kafka.send_many("commands.created", commands)
 
     async def stored_and_announced() -> bool:
-        stored = await stack.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1)",
-                                         [c["id"] for c in commands])
-        return stored == len(commands) and \
-            await stack.db.fetchval("SELECT count(*) FROM status_outbox") == 0
+        stored: int = await stack.db.fetchval(
+            "SELECT count(*) FROM commands WHERE id = ANY($1)", [c["id"] for c in commands])
+        waiting: int = await stack.db.fetchval("SELECT count(*) FROM status_outbox")
+        return stored == len(commands) and waiting == 0
 
     await until(stored_and_announced, 30, "silent commands stored and announced", stack)
     early = await stack.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1) AND "

@@ -34,12 +34,17 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.lifecycle import Status, allowed
 from dispatcher.push import repeat_bound
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
-from tests.acceptance.conftest import (
+from tests.support.db import PgServer, statuses
+from tests.support.events import ORG, ack_event, command_event, device_event, hex24, iso
+from tests.support.fakes import accepted_at_least
+from tests.support.figures import report
+from tests.support.kafka import Kafka
+from tests.support.lifecycle import check, histories
+from tests.support.process import (
     DISPATCHER,
     PUSHY_KEY,
     Service,
@@ -47,18 +52,7 @@ from tests.acceptance.conftest import (
     stop_process,
     wait_ready,
 )
-from tests.conftest import PgServer
-from tests.helpers import (
-    ORG,
-    Kafka,
-    ack_event,
-    command_event,
-    device_event,
-    hex24,
-    iso,
-    report,
-    wait_for,
-)
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -261,48 +255,10 @@ async def kill_with_pushes_in_flight(cluster: Cluster) -> dict[str, float]:
     return {"victim_inflight": inflight, "fake_inflight": at_fake}
 
 
-async def _accepted_at_least(pushy: FakePushy, n: int) -> bool:
-    return len(pushy.accepted) >= n
-
-
-async def final_statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
-
-
 async def settled(cluster: Cluster, expected: dict[str, str]) -> bool:
-    now = await final_statuses(cluster.db, list(expected))
+    now = await statuses(cluster.db, list(expected))
     backlog = await cluster.db.fetchval("SELECT count(*) FROM status_outbox")
     return now == expected and backlog == 0
-
-
-def histories(events: list[Any]) -> dict[str, list[dict[str, Any]]]:
-    """Distinct status events by command id (a relay resend is the same event again)."""
-    seen: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for e in events:
-        if isinstance(e, dict) and "id" in e:
-            seen[e["id"]].setdefault(json.dumps(e, sort_keys=True), e)
-    return {cid: list(by_text.values()) for cid, by_text in seen.items()}
-
-
-def lifecycle_problems(history: list[dict[str, Any]], final: str) -> list[str]:
-    """What is wrong with one command's status events, judged by the lifecycle."""
-    problems = []
-    into = Counter(e["status"] for e in history)
-    problems += [f"two different events into {s}" for s, n in into.items() if n > 1]
-    for e in history:
-        prev = Status(e["previousStatus"]) if e["previousStatus"] else None
-        if prev == e["status"] or not allowed(prev, Status(e["status"])):
-            problems.append(f"{prev} -> {e['status']} is not in the lifecycle")
-    by_prev = {e["previousStatus"]: e["status"] for e in history}
-    chain: list[str] = []
-    current: str | None = None
-    while current in by_prev and len(chain) <= len(history):
-        current = by_prev[current]
-        chain.append(current)
-    if len(chain) != len(history) or current != final:
-        problems.append(f"events {sorted(by_prev.items(), key=str)} do not lead to {final}")
-    return problems
 
 
 def out_of_order(events: list[Any]) -> int:
@@ -334,7 +290,7 @@ async def test_sigkill_one_replica_mid_stream(cluster: Cluster) -> None:
     pushy.fail_next = [500, 500, 500]  # a few retries: the push path logs them
     await kafka.send_many("commands.created", cmds[:1200])
 
-    await wait_for(lambda: _accepted_at_least(pushy, KILL_AFTER_PUSHES), timeout=120,
+    await wait_for(lambda: accepted_at_least(pushy, KILL_AFTER_PUSHES), timeout=120,
                    what=f"{KILL_AFTER_PUSHES} pushes before the kill")
     pre = cluster.figures["before_kill"] = await snapshot(cluster, list(LEVELS))
     in_flight = await kill_with_pushes_in_flight(cluster)
@@ -355,7 +311,7 @@ async def test_sigkill_one_replica_mid_stream(cluster: Cluster) -> None:
     events = await kafka.read("commands.status", timeout_s=2)
     by_id = histories(events)
     problems = {cid: p for cid, final in expected.items()
-                if (p := lifecycle_problems(by_id.get(cid, []), final))}
+                if (p := check(by_id.get(cid, []), final).problems)}
     assert not problems, dict(list(problems.items())[:10])
     assert all(e["organization"] == ORG for h in by_id.values() for e in h)
     expiries = Counter(cid for cid, h in by_id.items() for e in h if e["status"] == "EXPIRED")
@@ -448,4 +404,3 @@ async def test_logs_are_json_with_ids_and_no_secrets(cluster: Cluster) -> None:
     assert retries
     assert all(line["command_id"] in cluster.gateway.plans and line["device_id"]
                for line in retries)
-

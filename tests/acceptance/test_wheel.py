@@ -19,6 +19,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -27,9 +28,9 @@ import pytest
 from dispatcher.secretbox import generate_keys
 from dispatcher.store import migration_files
 from dispatcher_dev.devstack import free_port
-from tests.acceptance.conftest import service_env, stop_process
-from tests.conftest import PgServer
-from tests.helpers import report
+from tests.support.db import PgServer
+from tests.support.figures import report
+from tests.support.process import service_env, stop_process
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(600)]
 
@@ -49,9 +50,10 @@ class Installed:
         return str(self.venv / "bin" / "dispatcher")
 
 
-def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          timeout=400, **kwargs)  # type: ignore[call-overload,no-any-return]
+def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    done: subprocess.CompletedProcess[str] = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=400, **kwargs)
+    return done
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
-"""The real service over HTTP: a module-scoped dispatcher, a client, tokens and devices."""
+"""The real service over HTTP: a client, tokens and devices.
+
+The module-scoped dispatcher, its fake Pushy and the Kafka client are shared
+(tests/support/fixtures.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -14,23 +17,8 @@ from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
 from dispatcher.store import QUERIES
-from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import ENTERPRISE, ORG, Kafka, hex24
-from tests.service import PUSHY_KEY, running
-
-
-@pytest.fixture(scope="module")
-async def pushy() -> AsyncIterator[FakePushy]:
-    fake = FakePushy(PUSHY_KEY)
-    fake.url = await fake.start()  # type: ignore[attr-defined]
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture(scope="module")
-async def service(settings: Settings, pushy: FakePushy) -> AsyncIterator[Runtime]:
-    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
-        yield rt
+from tests.support.api import Register, Token
+from tests.support.events import ENTERPRISE, ORG, hex24
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +28,7 @@ async def http(service: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="module")
-def token(settings: Settings) -> Callable[..., str]:
+def token(settings: Settings) -> Token:
     """A bearer header value for the test secret: token(orgs=[ORG], perms=PERMISSIONS)."""
 
     def make(orgs: list[str] | None = None, perms: tuple[str, ...] | list[str] = PERMISSIONS,
@@ -51,15 +39,7 @@ def token(settings: Settings) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="module")
-async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
-    k = Kafka(settings.kafka_bootstrap, settings.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
-
-
-@pytest.fixture(scope="module")
-def register(settings: Settings) -> Callable[..., Any]:
+def register(settings: Settings) -> Register:
     """Put a device in the registry with the same upsert the mdm.devices stream uses."""
 
     async def add(org: str = ORG, enterprise: str = ENTERPRISE, mdm_user: str | None = None,

@@ -10,8 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dispatcher.app import Runtime
 from dispatcher.secretbox import redact
-from tests.helpers import ENTERPRISE, Kafka, ack_event, hex24, wait_for
+from tests.support.api import Register, Token
+from tests.support.events import ENTERPRISE, ack_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.wait import wait_for
 
 COMMAND_TYPE = "type.googleapis.com/google.android.devicemanagement.v1.Command"
 
@@ -40,7 +44,8 @@ async def issue(http: aiohttp.ClientSession, device: str, auth: str, body: Any) 
     return op
 
 
-async def test_issue_get_and_list_an_operation(service, http, token, register) -> None:
+async def test_issue_get_and_list_an_operation(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     user = hex24()
     device = await register(mdm_user=user)
     op = await issue(http, device, token(), {"type": "LOCK"})
@@ -64,7 +69,8 @@ async def test_issue_get_and_list_an_operation(service, http, token, register) -
     assert "nextPageToken" not in listed
 
 
-async def test_every_command_type_with_its_parameters(service, http, token, register) -> None:
+async def test_every_command_type_with_its_parameters(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register()
     bodies: list[tuple[dict[str, Any], str, str | None]] = [
         ({"type": "REBOOT", "duration": "30s"}, "REBOOT", None),
@@ -101,7 +107,8 @@ async def test_every_command_type_with_its_parameters(service, http, token, regi
         assert got["metadata"]["duration"] == answered
 
 
-async def test_new_password_is_never_answered(service, http, token, register) -> None:
+async def test_new_password_is_never_answered(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register()
     secret = "Pa55-" + hex24()
     op = await issue(http, device, token(), {
@@ -134,15 +141,16 @@ async def test_new_password_is_never_answered(service, http, token, register) ->
     ({"type": "WIPE", "wipeParams": {"wipeDataFlags": ["ALL"]}}, "wipeDataFlags"),
     ({"type": "LOCK", "surprise": True}, "surprise"),
 ])
-async def test_invalid_commands_are_invalid_argument(service, http, token, register,
-                                                     body: Any, field: str) -> None:
+async def test_invalid_commands_are_invalid_argument(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register, body: Any,
+        field: str) -> None:
     device = await register()
     answer = await call(http, "POST", dev(device) + ":issueCommand", token(), body)
     assert field in google_error(answer, 400, "INVALID_ARGUMENT")
 
 
 async def test_bodies_and_page_tokens_nested_too_deep_are_invalid_argument(
-        service, http, token, register) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register()
     deep = b'{"type": "LOCK", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     async with http.post(dev(device) + ":issueCommand", data=deep, headers={
@@ -155,8 +163,9 @@ async def test_bodies_and_page_tokens_nested_too_deep_are_invalid_argument(
     assert "pageToken" in google_error(answer, 400, "INVALID_ARGUMENT")
 
 
-async def test_acks_fill_status_error_code_and_done(service, http, token, register,
-                                                    kafka: Kafka) -> None:
+async def test_acks_fill_status_error_code_and_done(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        kafka: Kafka) -> None:
     device = await register()
     clear = await issue(http, device, token(),
                         {"clearAppsDataParams": {"packageNames": ["com.a.b", "com.c.d"]}})
@@ -187,7 +196,8 @@ async def test_acks_fill_status_error_code_and_done(service, http, token, regist
     assert (await done(odd["name"]))["metadata"]["errorCode"] == "UNKNOWN"
 
 
-async def test_cancel_answers_empty_and_refuses_finished(service, http, token, register) -> None:
+async def test_cancel_answers_empty_and_refuses_finished(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register(push_token=None)
     op = await issue(http, device, token(), {"type": "LOCK"})
     assert await call(http, "POST", "/v1/" + op["name"] + ":cancel", token()) == (200, {})
@@ -201,7 +211,8 @@ async def test_cancel_answers_empty_and_refuses_finished(service, http, token, r
                             token(perms=["mdm.aosp.command.read"])), 403, "PERMISSION_DENIED")
 
 
-async def test_list_pages_with_tokens(service, http, token, register) -> None:
+async def test_list_pages_with_tokens(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register(push_token=None)
     names = [(await issue(http, device, token(), {"type": "LOCK"}))["name"] for _ in range(5)]
     seen: list[str] = []
@@ -218,7 +229,8 @@ async def test_list_pages_with_tokens(service, http, token, register) -> None:
                  400, "INVALID_ARGUMENT")
 
 
-async def test_page_size_above_the_maximum_is_clamped(service, http, token, register) -> None:
+async def test_page_size_above_the_maximum_is_clamped(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register(push_token=None)
     for _ in range(3):
         await issue(http, device, token(), {"type": "LOCK"})
@@ -231,7 +243,8 @@ async def test_page_size_above_the_maximum_is_clamped(service, http, token, regi
         assert "pageSize" in google_error(answer, 400, "INVALID_ARGUMENT")
 
 
-async def test_scope_and_auth_in_google_envelope(service, http, token, register) -> None:
+async def test_scope_and_auth_in_google_envelope(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register()
     other_org = await register(org=hex24())
     body = {"type": "LOCK"}

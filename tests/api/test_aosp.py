@@ -14,10 +14,14 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
+from dispatcher.app import Runtime
 from dispatcher.auth import mint
 from dispatcher.config import Settings
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import ORG, Kafka, ack_event, hex24, wait_for
+from tests.support.api import Register, Token
+from tests.support.events import ORG, ack_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.wait import wait_for
 
 BASE = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -48,7 +52,7 @@ def error(status: int, code: int) -> Any:
 
 
 async def test_create_answers_the_full_record_and_get_finds_it_at_once(
-        service, http, token, register) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     user = hex24()
     device = await register(mdm_user=user)
     for _ in range(10):
@@ -82,7 +86,8 @@ def nulls(value: Any, where: str = "") -> list[str]:
     return []
 
 
-async def test_a_duration_keeps_its_fraction(service, http, token, register) -> None:
+async def test_a_duration_keeps_its_fraction(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register(push_token=None)
     _, body = await call(http, "POST", url(device), token(), {"command": "LOCK",
                                                               "duration": 2.5})
@@ -93,7 +98,8 @@ async def test_a_duration_keeps_its_fraction(service, http, token, register) -> 
 
 
 async def test_fields_without_a_value_are_omitted_not_null(
-        service, http, token, register, kafka: Kafka) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        kafka: Kafka) -> None:
     device = await register(push_token=None)
     _, body = await call(http, "POST", url(device), token(), {"command": "LOCK"})
     record = body["data"]
@@ -116,7 +122,8 @@ async def test_fields_without_a_value_are_omitted_not_null(
 
 
 async def test_http_command_is_pushed_and_emits_pending(
-        service, http, token, register, pushy: FakePushy, kafka: Kafka) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        pushy: FakePushy, kafka: Kafka) -> None:
     device = await register()
     _, body = await call(http, "POST", url(device), token(),
                          {"command": "LOCK", "duration": 120})
@@ -141,7 +148,8 @@ async def test_http_command_is_pushed_and_emits_pending(
 
 
 async def test_secrets_are_pushed_but_never_answered(
-        service, http, token, register, pushy: FakePushy) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        pushy: FakePushy) -> None:
     device = await register()
     secret = "s3cret-Pa55-" + hex24()
     status, body = await call(http, "POST", url(device), token(),
@@ -162,7 +170,8 @@ async def test_secrets_are_pushed_but_never_answered(
 
 
 async def test_idempotency_key_gives_one_command(
-        service, http, token, register, settings: Settings) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        settings: Settings) -> None:
     device, other = await register(), await register()
     key = {"Idempotency-Key": "order-" + hex24()}
     first = await call(http, "POST", url(device), token(), {"command": "LOCK"}, key)
@@ -184,7 +193,7 @@ async def test_idempotency_key_gives_one_command(
 
 
 async def test_list_filters_by_status_and_pages_newest_first(
-        service, http, token, register) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register(push_token=None)
     ids = []
     for _ in range(5):
@@ -216,7 +225,8 @@ async def test_list_filters_by_status_and_pages_newest_first(
 
 
 async def test_cancel_moves_open_commands_and_refuses_finished_ones(
-        service, http, token, register, kafka: Kafka) -> None:
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        kafka: Kafka) -> None:
     device = await register(push_token=None)
     cid = (await call(http, "POST", url(device), token(), {"command": "REBOOT"}))[1]["data"]["id"]
     status, body = await call(http, "POST", url(device, tail=f"/{cid}/cancel"), token())
@@ -233,7 +243,9 @@ async def test_cancel_moves_open_commands_and_refuses_finished_ones(
                                 token(perms=["mdm.aosp.command.read"])))
 
 
-async def test_auth_errors(service, http, token, register, settings: Settings) -> None:
+async def test_auth_errors(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        settings: Settings) -> None:
     device = await register()
     path = url(device)
     body = {"command": "LOCK"}
@@ -257,7 +269,8 @@ async def test_auth_errors(service, http, token, register, settings: Settings) -
     assert (await call(http, "POST", path, token(orgs=["*"]), body))[0] == 200
 
 
-async def test_unknown_entities_are_404(service, http, token, register) -> None:
+async def test_unknown_entities_are_404(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register()
     other_org_device = await register(org=hex24())
     star = token(orgs=["*"])
@@ -286,16 +299,17 @@ async def test_unknown_entities_are_404(service, http, token, register) -> None:
     ({"command": "LOCK", "params": {"a": "nul\u0000here"}}, "NUL"),
     (["LOCK"], "body"),
 ])
-async def test_invalid_bodies_name_the_field(service, http, token, register, body: Any,
-                                             field: str) -> None:
+async def test_invalid_bodies_name_the_field(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register, body: Any,
+        field: str) -> None:
     device = await register()
     status, answer = await call(http, "POST", url(device), token(), body)
     error(400, 4000)((status, answer))
     assert field in answer["error"]["message"]
 
 
-async def test_malformed_requests_answer_in_the_envelope(service, http, token,
-                                                         register) -> None:
+async def test_malformed_requests_answer_in_the_envelope(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register()
     auth = {"Authorization": token()}
     deep_cursor = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode().rstrip("=")

@@ -23,7 +23,7 @@ from googleapiclient.errors import HttpError
 from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
-from tests.helpers import ENTERPRISE, ORG, hex24
+from tests.support.events import ENTERPRISE, ORG, hex24
 
 COMMAND_TYPE = "type.googleapis.com/google.android.devicemanagement.v1.Command"
 

@@ -8,17 +8,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import hypothesis
 import hypothesis.errors
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
+from dispatcher.app import Runtime
 from dispatcher.auth import mint
 from dispatcher.config import Settings
-from tests.helpers import ENTERPRISE, ORG
+from tests.support.api import Register, Token
+from tests.support.events import ENTERPRISE, ORG
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"
 EXAMPLES = 15
@@ -27,7 +31,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::hypothesis.errors.HypothesisDeprecationWarning")
 
 
-async def test_served_document_is_the_checked_in_one(service, http) -> None:
+async def test_served_document_is_the_checked_in_one(
+        service: Runtime, http: aiohttp.ClientSession) -> None:
     async with http.get("/openapi.json") as resp:
         assert resp.status == 200
         served = await resp.json()
@@ -46,11 +51,12 @@ def _fuzz(schema_doc: dict[str, Any], base_url: str, auth: str,
     calls = 0
     statuses: dict[int, int] = {}
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
         operation = result.ok()
         names = {p.name for p in operation.path_parameters}
         real = {k: v for k, v in fixed.items() if k in names}
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            variants = [{}] + ([real] if real else [])
+            variants: list[dict[str, str]] = [{}] + ([real] if real else [])
             for path_parameters in variants:
                 strategy = operation.as_strategy(mode, path_parameters=path_parameters or None)
 
@@ -74,8 +80,9 @@ def _fuzz(schema_doc: dict[str, Any], base_url: str, auth: str,
     return calls, statuses
 
 
-async def test_schemathesis_finds_no_server_error(service, http, token, register,
-                                                  settings: Settings) -> None:
+async def test_schemathesis_finds_no_server_error(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register,
+        settings: Settings) -> None:
     device = await register(mdm_user=None)
     async with http.get("/openapi.json") as resp:
         doc = await resp.json()

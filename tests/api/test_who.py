@@ -18,9 +18,13 @@ import asyncpg
 import pytest
 
 from dispatcher import logs
+from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
-from tests.helpers import ENTERPRISE, ORG, Kafka, command_event, device_event, hex24, wait_for
+from tests.support.api import Register
+from tests.support.events import ENTERPRISE, ORG, command_event, device_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.wait import wait_for
 
 AOSP = "/v1/organizations/{org}/mdm/aosp/enterprise/devices/{device}/commands"
 MAX_TTL_S = 7200
@@ -80,7 +84,8 @@ def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 # -- createdBy / cancelledBy and the audit line ---------------------------------------------
 
 async def test_http_creates_and_cancels_record_their_actor_in_both_dialects(
-        service, http, register, settings: Settings, kafka: Kafka,
+        service: Runtime, http: aiohttp.ClientSession, register: Register, settings: Settings,
+        kafka: Kafka,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dispatcher.audit")
     device = await register(push_token=None)
@@ -130,7 +135,8 @@ async def test_http_creates_and_cancels_record_their_actor_in_both_dialects(
 
 
 async def test_kafka_commands_and_cancels_name_their_actor_or_the_topic(
-        service, http, register, settings: Settings, kafka: Kafka,
+        service: Runtime, http: aiohttp.ClientSession, register: Register, settings: Settings,
+        kafka: Kafka,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dispatcher.audit")
     device = await register(push_token=None)
@@ -166,7 +172,8 @@ async def test_kafka_commands_and_cancels_name_their_actor_or_the_topic(
 # -- strict permissions -------------------------------------------------------------------
 
 async def test_strict_permissions_guard_destructive_types_in_both_dialects(
-        service, http, register, settings: Settings) -> None:
+        service: Runtime, http: aiohttp.ClientSession, register: Register,
+        settings: Settings) -> None:
     device = await register(push_token=None)
     plain = bearer(settings, "plain")
     seed_error(await call(http, "POST", aosp(device), plain, {"command": "RESET_PASSWORD",
@@ -198,7 +205,8 @@ async def test_strict_permissions_guard_destructive_types_in_both_dialects(
 # -- token lifetime -----------------------------------------------------------------------
 
 async def test_a_token_living_longer_than_the_max_ttl_is_refused(
-        service, http, register, settings: Settings) -> None:
+        service: Runtime, http: aiohttp.ClientSession, register: Register,
+        settings: Settings) -> None:
     device = await register()
     seed_error(await call(http, "GET", aosp(device), bearer(settings, "x",
                                                              ttl_s=MAX_TTL_S + 1)), 401, 4004)
@@ -211,7 +219,8 @@ async def test_a_token_living_longer_than_the_max_ttl_is_refused(
 # -- idempotency replays ------------------------------------------------------------------
 
 async def test_an_idempotency_key_replayed_with_another_body_is_409(
-        service, http, register, settings: Settings) -> None:
+        service: Runtime, http: aiohttp.ClientSession, register: Register,
+        settings: Settings) -> None:
     device = await register(push_token=None)
     auth = bearer(settings, "idem")
     key = {"Idempotency-Key": "k-" + hex24()}
@@ -243,7 +252,8 @@ async def test_an_idempotency_key_replayed_with_another_body_is_409(
 # -- each command's own organization (AMAPI) -----------------------------------------------
 
 async def test_a_device_moved_to_another_organization_does_not_take_its_commands_along(
-        service, http, register, settings: Settings, kafka: Kafka) -> None:
+        service: Runtime, http: aiohttp.ClientSession, register: Register, settings: Settings,
+        kafka: Kafka) -> None:
     org_a, org_b = hex24(), hex24()
     device = await register(org=org_a, push_token=None)
     a = bearer(settings, "a", orgs=[org_a])

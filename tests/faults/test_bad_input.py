@@ -20,18 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PgServer
-from tests.faults.conftest import (
-    PLANS,
-    Figures,
-    Rig,
-    assert_nothing_lost,
-    create_database,
-    open_rig,
-    settle,
-    verify,
-)
-from tests.helpers import ack_event, command_event, wait_for
+from tests.support.db import PgServer, create_database
+from tests.support.events import ack_event, command_event
+from tests.support.faults import PLANS, Figures, Rig, assert_nothing_lost, open_rig, settle, verify
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.acceptance
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from dispatcher.push import repeat_bound
-from tests.conftest import PgServer
-from tests.faults.conftest import (
+from tests.support.db import PgServer, create_database
+from tests.support.faults import (
     CONCURRENCY,
     Figures,
     Rig,
     assert_nothing_lost,
-    create_database,
     open_rig,
     paced,
     settle,

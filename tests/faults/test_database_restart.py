@@ -17,16 +17,8 @@ import asyncpg
 import pytest
 
 from dispatcher_dev.devstack import EmbeddedPostgres
-from tests.faults.conftest import (
-    Figures,
-    Rig,
-    assert_nothing_lost,
-    create_database,
-    open_rig,
-    paced,
-    settle,
-    verify,
-)
+from tests.support.db import create_database
+from tests.support.faults import Figures, Rig, assert_nothing_lost, open_rig, paced, settle, verify
 
 pytestmark = pytest.mark.acceptance
 

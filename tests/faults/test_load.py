@@ -20,9 +20,11 @@ import pytest
 
 from dispatcher_dev.devstack import EmbeddedKafka
 from dispatcher_dev.fakepushy import PushRecord
-from tests.conftest import PgServer
-from tests.faults.conftest import Figures, Rig, create_database, open_rig
-from tests.helpers import ack_event, command_event, report, wait_for
+from tests.support.db import PgServer, create_database
+from tests.support.events import ack_event, command_event
+from tests.support.faults import Figures, Rig, open_rig
+from tests.support.figures import report
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.acceptance
 

@@ -21,18 +21,18 @@ import pytest
 
 from dispatcher.push import repeat_bound
 from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
-from tests.faults.conftest import (
+from tests.support.db import create_database
+from tests.support.faults import (
     CONCURRENCY,
     Figures,
     Rig,
     assert_nothing_lost,
-    create_database,
     open_rig,
     paced,
     settle,
     verify,
 )
-from tests.faults.proxy import Proxy, own_process_peers
+from tests.support.proxy import Proxy, own_process_peers
 
 pytestmark = pytest.mark.acceptance
 

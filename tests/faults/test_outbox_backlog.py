@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PgServer
-from tests.faults.conftest import Rig, open_rig
-from tests.faults.proxy import Proxy, proxied_broker
-from tests.helpers import command_event, hex24, report, wait_for
+from tests.support.db import PgServer
+from tests.support.events import command_event, hex24
+from tests.support.faults import Rig, open_rig
+from tests.support.figures import report
+from tests.support.proxy import Proxy, proxied_broker
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -50,8 +52,9 @@ async def test_outbox_backlog_and_age_while_the_broker_is_cut(cut: tuple[Rig, Pr
     await rig.kafka.send_many("commands.created", commands)
 
     async def stored_and_announced() -> bool:
-        stored = await rig.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1)", ids)
-        waiting = await rig.db.fetchval("SELECT count(*) FROM status_outbox")
+        stored: int = await rig.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1)",
+                                            ids)
+        waiting: int = await rig.db.fetchval("SELECT count(*) FROM status_outbox")
         return stored == COMMANDS and waiting == 0
 
     await wait_for(stored_and_announced, timeout=30, what="commands stored, PENDING relayed")

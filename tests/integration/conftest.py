@@ -1,4 +1,7 @@
-"""Fixtures shared by the in-process integration tests: one service per test module."""
+"""The in-process integration tests' own fixture: a pool on the module's database.
+
+The service, its fake Pushy and the Kafka client are shared (tests/support/fixtures.py).
+"""
 
 from __future__ import annotations
 
@@ -7,36 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from dispatcher.app import Runtime
 from dispatcher.config import Settings
-from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka
-from tests.service import PUSHY_KEY, running
-
-
-@pytest.fixture(scope="module")
-async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
-    """An outside client of this module's topics."""
-    k = Kafka(settings.kafka_bootstrap, settings.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
-
-
-@pytest.fixture(scope="module")
-async def pushy() -> AsyncIterator[FakePushy]:
-    """The fake push provider of this module."""
-    fake = FakePushy(PUSHY_KEY)
-    fake.url = await fake.start()  # type: ignore[attr-defined]
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture(scope="module")
-async def service(settings: Settings, pushy: FakePushy) -> AsyncIterator[Runtime]:
-    """The dispatcher, running in-process against the test servers."""
-    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
-        yield rt
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -29,7 +30,8 @@ from dispatcher.kafka import Producer, ensure_topics
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import Store
-from tests.helpers import ack_event, command_event, hex24, wait_for
+from tests.support.events import ack_event, command_event, hex24
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ async def processor(settings: Settings) -> AsyncIterator[BatchProcessor]:
     await store.close()
 
 
-def records(topic: str, events: list[dict]) -> list[Source]:
+def records(topic: str, events: list[dict[str, Any]]) -> list[Source]:
     return [Source(topic, 0, i, e["aosDevice"].encode(), json.dumps(e).encode(), 0)
             for i, e in enumerate(events)]
 

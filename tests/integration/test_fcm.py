@@ -6,11 +6,9 @@ Each test gets its own database, topics and consumer group.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,20 +20,13 @@ import pytest
 
 from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES
-from dispatcher.store import migrate
 from dispatcher_dev.fakefcm import FakeFcm, MessageRecord
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka, command_event, device_event, hex24, wait_for
-from tests.service import PUSHY_KEY, running
-
-
-@pytest.fixture
-async def fresh(settings: Settings, pg_server: Any) -> Settings:
-    prefix = f"f{secrets.token_hex(4)}."
-    dsn = await pg_server.create_database(f"fcm_{secrets.token_hex(5)}")
-    await migrate(dsn)
-    return dataclasses.replace(settings, database_url=dsn, topic_prefix=prefix,
-                               consumer_group=f"dispatcher-{prefix}")
+from tests.support.db import statuses
+from tests.support.events import command_event, device_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.service import PUSHY_KEY, running
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -65,14 +56,14 @@ async def fcm(tmp_path: Path) -> AsyncIterator[FakeFcm]:
 @pytest.fixture
 async def pushy() -> AsyncIterator[FakePushy]:
     fake = FakePushy(PUSHY_KEY)
-    fake.url = await fake.start()  # type: ignore[attr-defined]
+    await fake.start()
     yield fake
     await fake.stop()
 
 
 def serve(settings: Settings, pushy: FakePushy, fcm: FakeFcm, tmp_path: Path,
           providers: str = "fcm", **over: Any) -> Any:
-    return running(settings, pushy, pushy_api_url=pushy.url,  # type: ignore[attr-defined]
+    return running(settings, pushy,
                    push_provider=providers, fcm_api_url=fcm.url,
                    fcm_credentials_file=str(tmp_path / "service-account.json"), **over)
 
@@ -92,11 +83,6 @@ async def commands(kafka: Kafka, ids: list[str], **over: Any) -> list[str]:
 
 def sent_ids(records: list[MessageRecord]) -> set[str]:
     return {str(r.data.get("commandId")) for r in records}
-
-
-async def statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
 
 
 async def pushed(fcm: FakeFcm, ids: list[str], timeout: float = 30) -> None:

@@ -26,18 +26,11 @@ from dispatcher.config import Settings
 from dispatcher.deadletter import Source
 from dispatcher.store import migrate
 from dispatcher_dev.fakepushy import FakePushy
-from tests.conftest import PgServer
-from tests.helpers import (
-    Kafka,
-    ack_event,
-    command_event,
-    device_event,
-    hex24,
-    iso,
-    overdue,
-    until,
-)
-from tests.service import running
+from tests.support.db import PgServer
+from tests.support.events import ack_event, command_event, device_event, hex24, iso, overdue
+from tests.support.kafka import Kafka
+from tests.support.service import running
+from tests.support.wait import until
 
 Transition = tuple[str | None, str]
 
@@ -416,8 +409,7 @@ async def test_restart_processes_everything_once(settings: Settings, pg_server: 
 async def _restart_scenario(s: Settings, k: Kafka, pool: asyncpg.Pool, pushy: FakePushy) -> None:
     device = hex24()
     first = command_event(device)
-    url = pushy.url  # type: ignore[attr-defined]
-    async with running(s, pushy, pushy_api_url=url):
+    async with running(s, pushy):
         await k.send("devices", device_event(device))
         await k.send("commands.created", first)
         await until(lambda: pushed(pushy, first["id"]), what="the first push")
@@ -429,7 +421,7 @@ async def _restart_scenario(s: Settings, k: Kafka, pool: asyncpg.Pool, pushy: Fa
     await k.send("commands.created", second)
     await k.send("commands.created", first)  # a duplicate while stopped
 
-    async with running(s, pushy, pushy_api_url=url) as rt:
+    async with running(s, pushy) as rt:
         await until(lambda: status_is(pool, first["id"], "DONE"), what="DONE after restart")
         await until(lambda: pushed(pushy, second["id"]), what="the second push")
         first_events = await settled_events(pool, k, first["id"])

@@ -35,16 +35,14 @@ from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher_dev.devstack import EmbeddedKafka, free_port
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, wait_for
-from tests.service import PUSHY_KEY, running
-from tests.tlsutil import Pki, TlsTerminator, make_pki
+from tests.support.events import ack_event, command_event, device_event, hex24
+from tests.support.fakes import was_pushed
+from tests.support.kafka import Kafka
+from tests.support.service import PUSHY_KEY, running
+from tests.support.tlsutil import Pki, TlsTerminator
+from tests.support.wait import wait_for
 
 PASSWORD = "kafka-pw-" + secrets.token_hex(8)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("kafka-pki"))
 
 
 def _tls(settings: Settings, bootstrap: str, pki: Pki, ca: Path | None = None) -> Settings:
@@ -80,15 +78,15 @@ async def test_a_command_goes_from_created_to_done_over_tls(
     s = _tls(settings, bootstrap, pki)
     kafka = Kafka(bootstrap, s.topic_prefix, security=client_security(s))
     pushy = FakePushy(PUSHY_KEY)
-    url = await pushy.start()
+    await pushy.start()
     await kafka.start()
     try:
-        async with running(s, pushy, pushy_api_url=url):
+        async with running(s, pushy):
             device = hex24()
             await kafka.send("devices", device_event(device))
             cmd = command_event(device, command="LOCK")
             await kafka.send("commands.created", cmd)
-            await wait_for(lambda: _pushed(pushy, cmd["id"]), what="the push")
+            await wait_for(lambda: was_pushed(pushy, cmd["id"]), what="the push")
             await kafka.send("device-acks", ack_event(cmd["id"], device, "RECEIVED"))
             await kafka.send("device-acks", ack_event(cmd["id"], device, "DONE"))
             events = await wait_for(lambda: _status(kafka, cmd["id"], 3), what="DONE")
@@ -98,10 +96,6 @@ async def test_a_command_goes_from_created_to_done_over_tls(
         await kafka.stop()
         await pushy.stop()
     assert terminator.connections >= 3, "the clients did not go through the TLS terminator"
-
-
-async def _pushed(pushy: FakePushy, command_id: str) -> bool:
-    return any(r.data.get("commandId") == command_id for r in pushy.accepted)
 
 
 async def _status(kafka: Kafka, command_id: str, n: int) -> list[dict[str, Any]] | None:

@@ -21,7 +21,7 @@ from dispatcher.exceptions import SchemaNotMigrated
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import MIGRATIONS_DIR, check_migrated, migrate, migration_files, pending
-from tests.conftest import PgServer
+from tests.support.db import PgServer
 
 RUNTIME_GRANTS = """
 GRANT USAGE ON SCHEMA public TO {role};

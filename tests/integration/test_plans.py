@@ -27,8 +27,10 @@ from dispatcher.app import Runtime
 from dispatcher.config import Settings
 from dispatcher.store import ORDERED_WALK, QUERIES, SERVER_SETTINGS, WALKS, migrate
 from dispatcher_dev.fakepushy import FakePushy
-from tests.conftest import PgServer
-from tests.helpers import Kafka, command_event, device_event, hex24, until
+from tests.support.db import PgServer
+from tests.support.events import command_event, device_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.wait import until
 
 EXPIRED = 30_000
 PARKED = 3_000

@@ -21,15 +21,10 @@ import asyncpg
 
 from dispatcher.app import Runtime
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import (
-    Kafka,
-    ack_event,
-    command_event,
-    device_event,
-    hex24,
-    iso,
-    until,
-)
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.fakes import was_pushed
+from tests.support.kafka import Kafka
+from tests.support.wait import until
 
 T = TypeVar("T")
 
@@ -211,7 +206,7 @@ async def test_poison_is_dead_lettered_and_the_stream_flows(
     await kafka.send("devices", device_event(fresh))
     cmd = command_event(fresh)
     await kafka.send("commands.created", cmd)
-    await until(lambda: _pushed(pushy, cmd["id"]), what="a push after the poison")
+    await until(lambda: was_pushed(pushy, cmd["id"]), what="a push after the poison")
 
 
 async def test_rejected_reset_password_does_not_leak_the_password(
@@ -247,7 +242,3 @@ def _raw_of(letter: dict[str, Any]) -> bytes:
 
 async def _is(db: asyncpg.Pool, command_id: str, status: str) -> bool:
     return await fetch_status(db, command_id) == status
-
-
-async def _pushed(pushy: FakePushy, command_id: str) -> bool:
-    return any(r.data.get("commandId") == command_id for r in pushy.accepted)

@@ -31,13 +31,8 @@ from dispatcher.config import Settings
 from dispatcher.exceptions import StoreUnavailable
 from dispatcher.store import Store, check_migrated, migrate
 from dispatcher_dev.devstack import EmbeddedPostgres, system_postgres_bin_dir
-from tests.service import running
-from tests.tlsutil import PgTlsTerminator, Pki, make_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pg-pki"))
+from tests.support.service import running
+from tests.support.tlsutil import PgTlsTerminator, Pki
 
 
 @dataclass

@@ -24,10 +24,12 @@ from aiohttp import web
 
 from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES
-from dispatcher.store import migrate
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, iso, wait_for
-from tests.service import PUSHY_KEY, running
+from tests.support.db import statuses
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.kafka import Kafka
+from tests.support.service import PUSHY_KEY, running
+from tests.support.wait import wait_for
 
 
 class TrackingPushy(FakePushy):
@@ -52,16 +54,6 @@ class TrackingPushy(FakePushy):
 
 
 @pytest.fixture
-async def fresh(settings: Settings, pg_server: Any) -> Settings:
-    """Settings with a database, topics and consumer group of this test alone."""
-    prefix = f"t{secrets.token_hex(4)}."
-    dsn = await pg_server.create_database(f"push_{secrets.token_hex(5)}")
-    await migrate(dsn)
-    return dataclasses.replace(settings, database_url=dsn, topic_prefix=prefix,
-                               consumer_group=f"dispatcher-{prefix}")
-
-
-@pytest.fixture
 async def kafka(fresh: Settings) -> AsyncIterator[Kafka]:
     k = Kafka(fresh.kafka_bootstrap, fresh.topic_prefix)
     await k.start()
@@ -72,7 +64,7 @@ async def kafka(fresh: Settings) -> AsyncIterator[Kafka]:
 @pytest.fixture
 async def pushy() -> AsyncIterator[TrackingPushy]:
     fake = TrackingPushy()
-    fake.url = await fake.start()  # type: ignore[attr-defined]
+    await fake.start()
     yield fake
     await fake.stop()
 
@@ -85,7 +77,7 @@ async def db(fresh: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 def serve(settings: Settings, pushy: FakePushy, **overrides: Any) -> Any:
-    return running(settings, pushy, pushy_api_url=pushy.url, **overrides)  # type: ignore[attr-defined]
+    return running(settings, pushy, **overrides)
 
 
 async def fleet(kafka: Kafka, devices: int, per_device: int = 1,
@@ -114,11 +106,6 @@ async def all_pushed(pushy: FakePushy, cmds: list[dict[str, Any]], timeout: floa
         return wanted <= set(accepted_ids(pushy))
 
     await wait_for(check, timeout=timeout, what=f"{len(wanted)} pushes")
-
-
-async def statuses(db: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT id, status FROM commands WHERE id = ANY($1)", ids)
-    return {r["id"]: r["status"] for r in rows}
 
 
 async def http_get(url: str) -> tuple[int, str]:
@@ -354,7 +341,7 @@ async def test_invalid_token_ends_the_command_in_error(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="dispatcher.push")
     pushy = fake()
-    pushy.url = await pushy.start()  # type: ignore[attr-defined]
+    await pushy.start()
     device, good = hex24(), hex24()
     pushy.invalid_tokens = {f"tok-{device}"}
     try:
@@ -444,7 +431,7 @@ async def test_after_an_outage_backed_off_pushes_go_at_once(
 async def test_wrong_api_key_fails_no_command_until_fixed(
         fresh: Settings, kafka: Kafka, db: asyncpg.Connection) -> None:
     wrong = TrackingPushy(api_key="not-the-dispatchers-key")
-    wrong.url = await wrong.start()  # type: ignore[attr-defined]
+    await wrong.start()
     try:
         async with serve(fresh, wrong) as rt:
             _, cmds = await fleet(kafka, 5)
@@ -460,7 +447,7 @@ async def test_wrong_api_key_fails_no_command_until_fixed(
     ids = [c["id"] for c in cmds]
     assert set((await statuses(db, ids)).values()) == {"PENDING"}
     right = TrackingPushy()
-    right.url = await right.start()  # type: ignore[attr-defined]
+    await right.start()
     try:
         async with serve(fresh, right):
             await all_pushed(right, cmds)

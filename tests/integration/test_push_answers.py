@@ -26,7 +26,8 @@ from dispatcher.metrics import Metrics
 from dispatcher.push import Pusher, PushRequest
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import Store
-from tests.helpers import hex24, wait_for
+from tests.support.events import hex24
+from tests.support.wait import wait_for
 
 LEASE_S = 1.0
 

@@ -9,6 +9,7 @@ twice only when it was in flight at a kill, so repeats are at most concurrency x
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -26,8 +27,12 @@ from dispatcher.push import repeat_bound
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka, command_event, device_event, hex24, report, wait_for
-from tests.service import PUSHY_KEY
+from tests.support.events import command_event, device_event, hex24
+from tests.support.fakes import accepted_at_least
+from tests.support.figures import report
+from tests.support.kafka import Kafka
+from tests.support.service import PUSHY_KEY
+from tests.support.wait import wait_for
 
 DISPATCHER = Path(sys.executable).with_name("dispatcher")
 CONCURRENCY = 16
@@ -73,7 +78,7 @@ class Service:
 async def pushy() -> AsyncIterator[FakePushy]:
     fake = FakePushy(PUSHY_KEY)
     fake.latency_s = 0.05
-    fake.url = await fake.start()  # type: ignore[attr-defined]
+    await fake.start()
     yield fake
     await fake.stop()
 
@@ -89,7 +94,7 @@ async def service(kafka_bootstrap: str, pg_server: Any, pushy: FakePushy,
         "DISPATCHER_DATABASE_URL": dsn,
         "DISPATCHER_TOPIC_PREFIX": prefix,
         "DISPATCHER_HTTP_PORT": str(free_port()),
-        "DISPATCHER_PUSHY_API_URL": pushy.url,  # type: ignore[attr-defined]
+        "DISPATCHER_PUSHY_API_URL": pushy.url,
         "DISPATCHER_PUSHY_API_KEY": PUSHY_KEY,
         "DISPATCHER_PUSH_CONCURRENCY": str(CONCURRENCY),
         "DISPATCHER_PUSH_LEASE_S": "3",
@@ -124,7 +129,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
         for kill_at in KILL_AFTER_PUSHES:
             await kafka.send_many("commands.created", chunks.pop(0))
             await kafka.send_many("commands.created", chunks.pop(0))
-            await wait_for(lambda n=kill_at: _accepted_at_least(pushy, n),  # type: ignore[misc]
+            await wait_for(functools.partial(accepted_at_least, pushy, kill_at),
                            timeout=120, what=f"{kill_at} pushes before the kill")
             await kafka.send_many("commands.created", chunks.pop(0))  # some not yet consumed
             in_flight_at_kills.append(pushy.inflight)
@@ -155,10 +160,6 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
     assert repeats <= repeat_bound(CONCURRENCY) * len(KILL_AFTER_PUSHES)
     assert PASSWORD not in svc.output()
     assert PUSHY_KEY not in svc.output()
-
-
-async def _accepted_at_least(pushy: FakePushy, n: int) -> bool:
-    return len(pushy.accepted) >= n
 
 
 async def _all_pushed(pushy: FakePushy, cmds: list[dict[str, Any]]) -> bool:

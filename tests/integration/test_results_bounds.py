@@ -16,7 +16,7 @@ from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import DeviceAck
 from dispatcher.store import _init_connection
-from tests.helpers import ENTERPRISE, ORG, hex24
+from tests.support.events import ENTERPRISE, ORG, hex24
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -57,7 +57,8 @@ async def stored(conn: asyncpg.Connection, cid: str) -> Any:
                                " AS keys_bytes FROM commands WHERE id = $1", cid)
 
 
-async def test_results_stay_within_bounds_and_count_what_was_dropped(conn) -> None:
+async def test_results_stay_within_bounds_and_count_what_was_dropped(
+        conn: asyncpg.Connection) -> None:
     cid, device = await new_command(conn)
     for first in range(0, 200, 40):
         await apply(conn, acks(cid, device, first, 40))
@@ -75,7 +76,7 @@ async def test_results_stay_within_bounds_and_count_what_was_dropped(conn) -> No
     assert all(r["at"] and r["status"] for r in results)  # slimmed ones keep at and status
 
 
-async def test_redeliveries_change_nothing_even_past_the_bounds(conn) -> None:
+async def test_redeliveries_change_nothing_even_past_the_bounds(conn: asyncpg.Connection) -> None:
     cid, device = await new_command(conn)
     everything = acks(cid, device, 0, 120)
     for first in range(0, 120, 30):
@@ -88,7 +89,8 @@ async def test_redeliveries_change_nothing_even_past_the_bounds(conn) -> None:
     assert await stored(conn, cid) == before
 
 
-async def test_rows_stored_before_fingerprints_still_skip_redeliveries(conn) -> None:
+async def test_rows_stored_before_fingerprints_still_skip_redeliveries(
+        conn: asyncpg.Connection) -> None:
     cid, device = await new_command(conn)
     old = acks(cid, device, 0, 3)
     legacy = [result_entry(ack, source) for ack, source in old]

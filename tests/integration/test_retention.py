@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -24,8 +24,10 @@ from dispatcher.metrics import Metrics
 from dispatcher.retention import BATCH, Retention
 from dispatcher.store import QUERIES, Store
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import Kafka, ack_event, command_event, device_event, hex24, iso, until
-from tests.service import running
+from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.kafka import Kafka
+from tests.support.service import running
+from tests.support.wait import until
 
 DAY = 86_400.0
 RETENTION_S = 30 * DAY
@@ -121,8 +123,7 @@ async def test_a_removed_command_replayed_is_recorded_expired_and_never_pushed_a
         settings: Settings, pushy: FakePushy, kafka: Kafka, db: asyncpg.Pool,
         store: Store) -> None:
     # The service itself purges with a one-second window (a second replica, in effect).
-    async with running(dataclasses.replace(settings, retention_s=1.0), pushy,
-                       pushy_api_url=pushy.url):  # type: ignore[attr-defined]
+    async with running(dataclasses.replace(settings, retention_s=1.0), pushy):
         device = hex24()
         await kafka.send("devices", device_event(device))
         validity_left = 4
@@ -131,7 +132,9 @@ async def test_a_removed_command_replayed_is_recorded_expired_and_never_pushed_a
         await kafka.send("commands.created", lock)
 
         async def status() -> str | None:
-            return await db.fetchval("SELECT status FROM commands WHERE id = $1", lock["id"])
+            found: str | None = await db.fetchval("SELECT status FROM commands WHERE id = $1",
+                                                  lock["id"])
+            return found
 
         async def pushes() -> int:
             return sum(r.data.get("commandId") == lock["id"] for r in pushy.accepted)
@@ -161,5 +164,5 @@ async def test_a_removed_command_replayed_is_recorded_expired_and_never_pushed_a
         assert await pushes() == 1
 
 
-async def _is(read: object, want: str) -> bool:
-    return await read() == want  # type: ignore[operator]
+async def _is(read: Callable[[], Awaitable[str | None]], want: str) -> bool:
+    return await read() == want

@@ -8,6 +8,7 @@ dead letters or metrics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -30,37 +31,14 @@ from dispatcher.logs import JsonFormatter
 from dispatcher.secretbox import SecretBox, generate_keys, reveal
 from dispatcher.store import Store
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import (
-    ENTERPRISE,
-    ORG,
-    Kafka,
-    ack_event,
-    command_event,
-    device_event,
-    hex24,
-    wait_for,
-)
-from tests.service import PUSHY_KEY, running
+from tests.support.events import ENTERPRISE, ORG, ack_event, command_event, device_event, hex24
+from tests.support.kafka import Kafka
+from tests.support.service import running
+from tests.support.wait import wait_for
 
 PASSWORD = "Pw-" + secrets.token_hex(10)
 CODE = "LPA:1$smdp.example.com$" + secrets.token_hex(8).upper()
 """An eSIM activation code: a secret nested inside ``params.addEsimParams``."""
-
-
-@pytest.fixture(scope="module")
-async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
-    k = Kafka(settings.kafka_bootstrap, settings.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
-
-
-@pytest.fixture(scope="module")
-async def pushy() -> AsyncIterator[FakePushy]:
-    fake = FakePushy(PUSHY_KEY)
-    fake.url = await fake.start()  # type: ignore[attr-defined]
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture
@@ -96,7 +74,7 @@ async def test_password_goes_to_the_push_only(
     caplog.set_level(logging.DEBUG)
     good, invalid, silent, cancelled, card = hex24(), hex24(), hex24(), hex24(), hex24()
     pushy.invalid_tokens = {f"tok-{invalid}"}
-    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
+    async with running(settings, pushy) as rt:
         await kafka.send_many("devices", [device_event(good), device_event(invalid),
                                           device_event(silent, token=None),
                                           device_event(cancelled, token=None),
@@ -257,7 +235,7 @@ async def test_a_secret_that_cannot_be_decrypted_is_never_pushed(
     await _stored(settings, theirs, unreadable)
     await _stored(settings, mine, victim, source, secret_of={victim["id"]: source["id"]})
     await _stored(settings, mine, follow)  # after the unreadable one, same device
-    async with running(settings, pushy, pushy_api_url=pushy.url) as rt:  # type: ignore[attr-defined]
+    async with running(settings, pushy) as rt:
         await kafka.send_many("devices", [device_event(d) for d in (foreign, moved, fine)])
 
         async def ended() -> bool:
@@ -301,7 +279,7 @@ async def test_secrets_are_sealed_to_the_device_key_and_never_go_in_clear(
     ec_key = ec.generate_private_key(ec.SECP256R1())
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     on_ec, on_rsa, keyless = hex24(), hex24(), hex24()
-    async with running(settings, pushy, pushy_api_url=pushy.url,  # type: ignore[attr-defined]
+    async with running(settings, pushy,
                        require_sealed_secrets=True):
         await kafka.send_many("devices", [device_event(on_ec, publicKey=_pem(ec_key)),
                                           device_event(on_rsa, publicKey=_pem(rsa_key)),
@@ -310,7 +288,8 @@ async def test_secrets_are_sealed_to_the_device_key_and_never_go_in_clear(
         lock = command_event(keyless, command="LOCK")
         await kafka.send_many("commands.created", [card, password, refused, lock])
         for command, private in ((card, ec_key), (password, rsa_key)):
-            push = await wait_for(lambda c=command: _push_of(pushy, c["id"]), what="a push")
+            push = await wait_for(functools.partial(_push_of, pushy, command["id"]),
+                                  what="a push")
             assert CODE not in json.dumps(push.data)
             assert PASSWORD not in json.dumps(push.data)
             opened = sealing.open_sealed(private, command["id"], push.data["sealed"])

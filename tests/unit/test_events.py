@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from dispatcher.events import CommandCreated, DeviceAck, DeviceState, parse
 from dispatcher.exceptions import InvalidEvent
 
-GOOD = {"id": "a" * 24, "organization": "b" * 24, "aosEnterprise": "c" * 24,
+GOOD: dict[str, Any] = {"id": "a" * 24, "organization": "b" * 24, "aosEnterprise": "c" * 24,
         "aosDevice": "d" * 24, "mdmUser": None, "command": "REBOOT", "params": {},
         "duration": 600, "createdAt": "2026-11-23T10:00:00Z"}
 
@@ -28,7 +29,9 @@ def test_a_valid_command_parses_with_utc_time() -> None:
     event = parse(CommandCreated, raw(GOOD), 65536)
     assert event.command == "REBOOT"
     assert event.createdAt is not None
-    assert event.createdAt.utcoffset().total_seconds() == 0
+    offset = event.createdAt.utcoffset()
+    assert offset is not None
+    assert offset.total_seconds() == 0
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -78,7 +78,8 @@ def test_the_error_code_comes_from_the_detail_not_the_http_status() -> None:
 
 
 def test_an_invalid_field_other_than_the_token_is_not_an_invalid_token() -> None:
-    payload = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad ttl",
+    payload: dict[str, Any] = {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                         "message": "bad ttl",
                          "details": [{"@type": BAD_REQUEST, "fieldViolations": [
                              {"field": "message.android.ttl", "description": "bad"}]}]}}
     assert classify(400, payload, None).error_type == "PUSH_REJECTED"

@@ -23,14 +23,9 @@ from dispatcher.config import SECRET_FIELDS, Settings
 from dispatcher.consumer import StreamConsumer
 from dispatcher.exceptions import BrokerUnavailable, ConfigError
 from dispatcher.metrics import Metrics
-from tests.tlsutil import Pki, make_pki
+from tests.support.tlsutil import Pki
 
 PASSWORD = "pa55-never-logged"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _settings(**env: str) -> Settings:

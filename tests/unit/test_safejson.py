@@ -20,8 +20,8 @@ from dispatcher.deadletter import Source, build
 from dispatcher.events import INPUT_MODELS, CommandCreated, parse
 from dispatcher.exceptions import InvalidEvent
 from dispatcher.secretbox import SECRET_KEYS, redact_raw
-from tests import fuzz
-from tests.fuzz import nested
+from tests.support import fuzz
+from tests.support.fuzz import nested
 
 MAX_BYTES = 1024 * 1024
 SECRET = "hunter2-poison-secret"

@@ -1,68 +1,13 @@
-"""Test helpers: event factories, a topic reader, waiting for a condition with a deadline."""
+"""An outside client of the dispatcher's topics: produce events, read a topic from the start."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-T = TypeVar("T")
-
-
-def hex24() -> str:
-    return secrets.token_hex(12)
-
-
-def iso(dt: datetime | None = None) -> str:
-    return (dt or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
-
-
-ORG = "5f1e2d3c4b5a69788796a5b4"
-ENTERPRISE = "5f1e2d3c4b5a69788796a5b5"
-
-
-def command_event(device: str, **over: Any) -> dict[str, Any]:
-    event = {"id": hex24(), "organization": ORG, "aosEnterprise": ENTERPRISE,
-             "aosDevice": device, "mdmUser": None, "command": "LOCK", "params": {},
-             "duration": 600, "createdAt": iso()}
-    event.update(over)
-    return event
-
-
-def device_event(device: str, token: str | None = "tok-", state: str = "ACTIVE",
-                 **over: Any) -> dict[str, Any]:
-    event = {"aosDevice": device, "organization": ORG, "aosEnterprise": ENTERPRISE,
-             "mdmUser": None, "pushToken": (token + device) if token == "tok-" else token,
-             "state": state, "updatedAt": iso()}
-    event.update(over)
-    return event
-
-
-def ack_event(command_id: str, device: str, status: str, at: datetime | None = None,
-              **over: Any) -> dict[str, Any]:
-    event = {"commandId": command_id, "aosDevice": device, "status": status,
-             "at": iso(at), "data": {}}
-    event.update(over)
-    return event
-
-
-async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = 30.0,
-                   interval: float = 0.1, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 class Kafka:
@@ -136,25 +81,3 @@ class Kafka:
             return out
         finally:
             await consumer.stop()
-
-
-async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0,
-                what: str = "condition") -> T:
-    """:func:`wait_for` typed for checks that answer ``None`` until they find something."""
-    found = await wait_for(check, timeout=timeout, what=what)
-    assert found is not None
-    return found
-
-
-def overdue(seconds: int = 3600) -> str:
-    return iso(datetime.now(UTC) - timedelta(seconds=seconds))
-
-
-FIGURES: list[str] = []
-"""What the fault, crash and replica tests measured, shown at the end of the run."""
-
-
-def report(text: str) -> None:
-    """Print a measured figure and keep it for the run's summary (``-q`` hides prints)."""
-    FIGURES.append(text.strip())
-    print(text)

@@ -13,7 +13,7 @@ from dispatcher.config import Settings
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox
 from dispatcher_dev.fakepushy import FakePushy
-from tests.helpers import wait_for
+from tests.support.wait import wait_for
 
 PUSHY_KEY = "test-pushy-key"
 
@@ -21,10 +21,16 @@ PUSHY_KEY = "test-pushy-key"
 @asynccontextmanager
 async def running(settings: Settings, pushy: FakePushy | None = None,
                   **overrides: Any) -> AsyncIterator[Runtime]:
-    """Start the service; yield its runtime once it consumes; stop it gracefully after."""
+    """Start the service; yield its runtime once it consumes; stop it gracefully after.
+
+    The service pushes to ``pushy`` (started by the caller; its own one when ``None``), at
+    ``pushy.url`` unless ``pushy_api_url`` is among the ``overrides``.
+    """
     own_pushy = pushy is None
     fake = pushy or FakePushy(PUSHY_KEY)
-    url = await fake.start() if own_pushy else overrides.pop("pushy_api_url")
+    if own_pushy:
+        await fake.start()
+    url = overrides.pop("pushy_api_url", fake.url)
     s = dataclasses.replace(settings, pushy_api_url=url, pushy_api_key=PUSHY_KEY, **overrides)
     rt = Runtime(s, Metrics(), SecretBox(s.secret_keys))
     task = asyncio.create_task(serve(s, rt=rt))

@@ -29,7 +29,7 @@ import yaml
 
 from dispatcher_dev.devstack import free_port
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "dispatcher.json"
 

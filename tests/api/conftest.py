@@ -13,9 +13,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from dispatcher.store import QUERIES
 from tests.support.api import Register, Token
 from tests.support.events import ENTERPRISE, ORG, hex24

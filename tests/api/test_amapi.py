@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatcher.app import Runtime
+from dispatcher.runtime import Runtime
 from dispatcher.secretbox import redact
 from tests.support.api import Register, Token
 from tests.support.events import ENTERPRISE, ack_event, hex24

@@ -14,9 +14,9 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from dispatcher.app import Runtime
 from dispatcher.auth import mint
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.api import Register, Token
 from tests.support.events import ORG, ack_event, hex24

@@ -20,9 +20,9 @@ from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from tests.support.events import ENTERPRISE, ORG, hex24
 
 COMMAND_TYPE = "type.googleapis.com/google.android.devicemanagement.v1.Command"

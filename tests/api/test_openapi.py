@@ -18,9 +18,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
-from dispatcher.app import Runtime
 from dispatcher.auth import mint
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from tests.support.api import Register, Token
 from tests.support.events import ENTERPRISE, ORG
 

@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 
 from dispatcher import logs
-from dispatcher.app import Runtime
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from tests.support.api import Register
 from tests.support.events import ENTERPRISE, ORG, command_event, device_event, hex24
 from tests.support.kafka import Kafka

@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from dispatcher.app import Runtime
 from dispatcher.config import Settings
 from dispatcher.deadletter import Source
+from dispatcher.runtime import Runtime
 from dispatcher.store import migrate
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import PgServer

@@ -27,11 +27,12 @@ import aiohttp
 import pytest
 
 from dispatcher import cli
-from dispatcher.app import Runtime, serve
+from dispatcher.app import serve
 from dispatcher.config import Settings
 from dispatcher.exceptions import BrokerUnavailable
 from dispatcher.kafka import client_security
 from dispatcher.metrics import Metrics
+from dispatcher.runtime import Runtime
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher_dev.devstack import EmbeddedKafka, free_port
 from dispatcher_dev.fakepushy import FakePushy

@@ -15,10 +15,11 @@ import asyncpg
 import pytest
 
 import dispatcher
-from dispatcher.app import Runtime, connect
+from dispatcher.app import connect
 from dispatcher.config import Settings
 from dispatcher.exceptions import SchemaNotMigrated
 from dispatcher.metrics import Metrics
+from dispatcher.runtime import Runtime
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import MIGRATIONS_DIR, check_migrated, migrate, migration_files, pending
 from tests.support.db import PgServer

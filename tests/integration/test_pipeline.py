@@ -6,8 +6,8 @@ from typing import Any
 
 import asyncpg
 
-from dispatcher.app import Runtime
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.events import ack_event, command_event, device_event, hex24
 from tests.support.fakes import was_pushed

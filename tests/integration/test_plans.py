@@ -23,8 +23,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dispatcher.app import Runtime
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from dispatcher.store import ORDERED_WALK, QUERIES, SERVER_SETTINGS, WALKS, migrate
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import PgServer

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from dispatcher.app import Runtime
+from dispatcher.runtime import Runtime
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.events import ack_event, command_event, device_event, hex24, iso
 from tests.support.fakes import was_pushed

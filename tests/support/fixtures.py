@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dispatcher.app import Runtime
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running

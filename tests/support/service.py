@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from dispatcher.app import Runtime, serve
+from dispatcher.app import serve
 from dispatcher.config import Settings
 from dispatcher.metrics import Metrics
+from dispatcher.runtime import Runtime
 from dispatcher.secretbox import SecretBox
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.wait import wait_for

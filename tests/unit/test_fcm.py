@@ -12,8 +12,9 @@ import pytest
 from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES, ConfigError
 from dispatcher.push import LogProvider, PushRequest
-from dispatcher.push.fcm import BAD_REQUEST, FCM_ERROR, build_message, classify, parse_retry_after
+from dispatcher.push.fcm import BAD_REQUEST, FCM_ERROR, build_message, classify
 from dispatcher.push.lanes import lane_of, make_lanes
+from dispatcher.push.providers import retry_after_s as parse_retry_after
 
 TOKEN = "fcm-device-token-0123456789"
 

@@ -71,6 +71,10 @@ WITH target AS (
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
+-- name: disenrolled_devices
+-- Which of the devices $1 are disenrolled (their new commands are stored CANCEL).
+SELECT aos_device FROM devices WHERE aos_device = ANY($1::text[]) AND state = 'DISENROLLED';
+
 -- name: insert_commands
 -- The same id twice is one command: a duplicate inserts nothing and emits nothing.
 WITH input AS (
@@ -106,7 +110,7 @@ WITH input AS (
            i.status, NULL, i.updated_at, i.push_id, i.error_type, i.error_message,
            i.created_by, i.cancelled_by) FROM inserted i
 )
-SELECT id, status, command, created_at FROM inserted;
+SELECT id, aos_device, status, command, created_at FROM inserted;
 
 -- name: lock_commands
 -- The current state of the commands a batch of acks touches, locked in id order

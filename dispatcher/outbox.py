@@ -1,9 +1,10 @@
 """Relay of ``mdm.commands.status``: the transactional outbox, drained to Kafka.
 
-Every transition writes its status event into ``status_outbox`` in the same
-statement that moves the command. The relay takes rows in order (``FOR UPDATE SKIP
-LOCKED``, so replicas share the work), sends them, waits for the broker's
-acknowledgement and only then deletes them in the same transaction. A crash before
+Every transition's status event is written into ``status_outbox`` in the same
+transaction that moves the command (by the trigger on ``commands``, migration 010).
+The relay takes rows in order (one relay at a time, see ``take_outbox``), sends them,
+waits for the broker's acknowledgement and only then deletes them in the same
+transaction. A crash before
 the delete sends them again: status events are at-least-once, never lost.
 """
 

@@ -23,14 +23,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
+from dispatcher import held
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import DeviceAck, json_size
-from dispatcher.held import hold
 from dispatcher.lifecycle import Status, on_ack
-from dispatcher.store import QUERIES
+from dispatcher.store import Tx
+from dispatcher.store.records import AckWrite, LockedCommand
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,14 @@ class _Plan:
         return self.steps[-1]
 
     @classmethod
-    def from_row(cls, row: Any) -> _Plan:
-        """The plan of a locked ``commands`` row."""
-        status = Status(row["status"])
-        results = list(row["results"])
-        keys = list(row["ack_keys"])
+    def of(cls, row: LockedCommand) -> _Plan:
+        """The plan of a locked command."""
+        status = Status(row.status)
+        results = list(row.results)
+        keys = list(row.ack_keys)
         if not keys and results:  # stored before fingerprints were kept
             keys = [fingerprint(e) for e in results if isinstance(e, dict)]
-        return cls(row["aos_device"], row["organization"], results, row["results_dropped"],
+        return cls(row.aos_device, row.organization, results, row.results_dropped,
                    keys, [_Step(status, status)], known=set(keys))
 
 
@@ -136,7 +135,7 @@ def result_entry(ack: DeviceAck, source: Source) -> dict[str, Any]:
 
 
 async def apply_acks(
-    conn: asyncpg.Connection,
+    tx: Tx,
     items: list[tuple[DeviceAck, Source]],
     fx: Effects,
     hold_unknown: bool = True,
@@ -145,8 +144,7 @@ async def apply_acks(
     if not items:
         return
     ids = sorted({ack.commandId for ack, _ in items})
-    plans = {row["id"]: _Plan.from_row(row)
-             for row in await conn.fetch(QUERIES["lock_commands"], ids)}
+    plans = {row.id: _Plan.of(row) for row in await tx.lock_commands(ids)}
     to_hold: list[tuple[DeviceAck, Source]] = []
     for ack, source in items:
         plan = plans.get(ack.commandId)
@@ -159,8 +157,8 @@ async def apply_acks(
         else:
             outcome = _plan_ack(plan, ack, source, fx)
         _log_ack(ack, plan, outcome)
-    await _write(conn, plans, fx)
-    await hold(conn, "ack", to_hold, fx, hold_unknown)
+    await _write(tx, plans, fx)
+    await held.hold(tx, "ack", to_hold, fx, hold_unknown)
 
 
 def _log_ack(ack: DeviceAck, plan: _Plan | None, outcome: str) -> None:
@@ -216,28 +214,20 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-async def _write(conn: asyncpg.Connection, plans: dict[str, _Plan], fx: Effects) -> None:
+async def _write(tx: Tx, plans: dict[str, _Plan], fx: Effects) -> None:
     """Write each plan's steps; the first step of a command also stores its new results."""
     for round_ in range(2):
-        batch: list[tuple[str, _Step, tuple[str, int, str] | None]] = []
+        batch: list[AckWrite] = []
         for cid, plan in plans.items():
             if len(plan.steps) <= round_:
                 continue
             step = plan.steps[round_]
             stored = _stored(plan) if round_ == 0 and plan.added else None
             if stored is not None or step.status != step.expected:
-                batch.append((cid, step, stored))
+                results, dropped, keys = stored if stored is not None else (None, None, None)
+                batch.append(AckWrite(cid, step.expected.value, step.status.value, results,
+                                      dropped, keys, step.error_type, step.error_message))
         if not batch:
             return
-        rows = await conn.fetch(
-            QUERIES["apply_acks"],
-            [cid for cid, _, _ in batch],
-            [s.expected.value for _, s, _ in batch],
-            [s.status.value for _, s, _ in batch],
-            [w[0] if w else None for _, _, w in batch],
-            [w[1] if w else None for _, _, w in batch],
-            [w[2] if w else None for _, _, w in batch],
-            [s.error_type for _, s, _ in batch],
-            [s.error_message for _, s, _ in batch],
-        )
-        fx.moved([r for r in rows if r["status"] != r["previous"]])
+        rows = await tx.apply_acks(batch)
+        fx.moved([r for r in rows if r.status != r.previous])

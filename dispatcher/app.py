@@ -23,6 +23,7 @@ from aiohttp import web
 from dispatcher.aio import Backoff, retrying
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor, StreamConsumer
+from dispatcher.deadletter import DeadLetters
 from dispatcher.exceptions import BrokerUnavailable, SchemaNotMigrated, StoreUnavailable
 from dispatcher.expiry import Timer
 from dispatcher.http.app import build_app
@@ -82,10 +83,11 @@ def build_loops(rt: Runtime, providers: Sequence[Provider]) -> list[Any]:
     rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics)
     rt.pusher = Pusher(s, rt.store, providers, rt.metrics, rt.box)
     rt.pusher.outbox_wake = rt.relay.wake
-    rt.processor = BatchProcessor(s, rt.store, rt.producer, rt.metrics, rt.box, rt.on_effects,
+    dead_letters = DeadLetters(rt.producer, s.topic("dead-letter"), rt.metrics, stop=rt.stop)
+    rt.processor = BatchProcessor(s, rt.store, dead_letters, rt.metrics, rt.box, rt.on_effects,
                                   stop=rt.stop)
     rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
-    timer = Timer(s, rt.store, rt.metrics, rt.processor, rt.on_effects)
+    timer = Timer(s, rt.store, rt.metrics, dead_letters, rt.on_effects)
     retention = Retention(s.retention_s, rt.store, rt.metrics)
     return [rt.consumer.run(rt.stop), rt.relay.run(rt.stop), rt.pusher.run(rt.stop),
             timer.run(rt.stop), retention.run(rt.stop)]

@@ -34,10 +34,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from dispatcher import acks, deadletter, ingest
+from dispatcher import acks, ingest
 from dispatcher.aio import Backoff, retrying
 from dispatcher.config import Settings
-from dispatcher.deadletter import Source
+from dispatcher.deadletter import DeadLetters, Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState, parse
 from dispatcher.exceptions import (
@@ -46,10 +46,10 @@ from dispatcher.exceptions import (
     StoreRejected,
     StoreUnavailable,
 )
-from dispatcher.kafka import Producer, client_security, input_topics, unavailable
+from dispatcher.kafka import client_security, input_topics, unavailable
 from dispatcher.metrics import Metrics
 from dispatcher.secretbox import SecretBox
-from dispatcher.store import QUERIES, Store
+from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class BatchProcessor:
         self,
         settings: Settings,
         store: Store,
-        producer: Producer,
+        dead_letters: DeadLetters,
         metrics: Metrics,
         box: SecretBox,
         on_effects: Callable[[Effects], None],
@@ -87,7 +87,7 @@ class BatchProcessor:
         self.stop = stop or asyncio.Event()
         """Set on shutdown: retries end, and the batch in progress is not committed."""
         self.store = store
-        self.producer = producer
+        self.dead_letters = dead_letters
         self.metrics = metrics
         self.box = box
         self.on_effects = on_effects
@@ -99,7 +99,7 @@ class BatchProcessor:
         fx = Effects()
         parsed = self._parse(records, fx)
         await self._write_resilient(parsed, fx)
-        await self.publish_dead_letters(fx)
+        await self.dead_letters.publish(fx.dead)
         self.metrics.batch_duration.observe(time.monotonic() - started)
         self.on_effects(fx)
 
@@ -144,16 +144,16 @@ class BatchProcessor:
 
     async def _write(self, parsed: Parsed, fx: Effects) -> None:
         attempt = Effects()
-        async with self.store.transaction() as conn:
-            await ingest.apply_devices(conn, parsed.by_kind["devices"], attempt)
+        async with self.store.transaction() as tx:
+            await ingest.apply_devices(tx, parsed.by_kind["devices"], attempt)
             await ingest.apply_created(
-                conn, parsed.by_kind["commands.created"], attempt,
+                tx, parsed.by_kind["commands.created"], attempt,
                 self.settings.default_duration_s, self.box,
             )
-            await ingest.apply_cancels(conn, parsed.by_kind["commands.cancel"], attempt)
-            await acks.apply_acks(conn, parsed.by_kind["device-acks"], attempt)
+            await ingest.apply_cancels(tx, parsed.by_kind["commands.cancel"], attempt)
+            await acks.apply_acks(tx, parsed.by_kind["device-acks"], attempt)
             freed = attempt.freed_devices()
-            if freed and await conn.fetch(QUERIES["wake_devices"], freed):
+            if freed and await tx.wake_devices(freed):
                 attempt.wake_push = True
         fx.absorb(attempt)
 
@@ -166,24 +166,6 @@ class BatchProcessor:
         await retrying(work, self.stop, retry_on=StoreUnavailable, backoff=Backoff(0.2, 5.0),
                        on_retry=down)
         self.metrics.dependency_up.labels("postgres").set(1)
-
-    async def publish_dead_letters(self, fx: Effects) -> None:
-        """Send the batch's dead letters; wait until the broker has them (retrying)."""
-        if not fx.dead:
-            return
-        records = [(source.key, deadletter.encode(letter)) for source, letter in fx.dead]
-        await retrying(lambda: self.producer.send_all(self.settings.topic("dead-letter"), records),
-                       self.stop, retry_on=BrokerUnavailable, backoff=Backoff(0.2, 5.0),
-                       on_retry=_dead_letters_failed)
-        for source, letter in fx.dead:
-            self.metrics.dead_letters.labels(source.topic, letter.reason).inc()
-            log.info("dead-lettered an input", extra={
-                "topic": source.topic, "partition": source.partition, "offset": source.offset,
-                "reason": letter.reason, "detail": letter.detail[:300]})
-
-
-def _dead_letters_failed(exc: BaseException, attempt: int, delay: float) -> None:
-    log.warning("cannot publish dead letters, retrying", extra={"error": str(exc)})
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

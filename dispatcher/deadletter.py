@@ -7,14 +7,25 @@ UTF-8 are carried as base64; values past :data:`VALUE_MAX_BYTES` are truncated.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispatcher import safejson
+from dispatcher.aio import Backoff, retrying
 from dispatcher.events import DeadLetter
+from dispatcher.exceptions import BrokerUnavailable
 from dispatcher.secretbox import redact, redact_raw
+
+if TYPE_CHECKING:
+    from dispatcher.kafka import Producer
+    from dispatcher.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 VALUE_MAX_BYTES = 512 * 1024
 
@@ -106,3 +117,46 @@ def _redacted(raw: bytes) -> bytes:
 def encode(letter: DeadLetter) -> bytes:
     """The Kafka value of a dead letter."""
     return letter.model_dump_json().encode()
+
+
+class DeadLetters:
+    """The one dead-letter publisher: the stream consumer's rejects and the timer's
+    overdue held events go out through it (``app.py`` builds it and hands it to both).
+
+    :meth:`publish` waits until the broker has every letter (retrying while it is away,
+    until ``stop``) and then counts them; :meth:`send` tries once, for a caller whose
+    transaction rolls back when the broker does not take them, and :meth:`count` counts
+    them once that transaction has committed.
+    """
+
+    def __init__(self, producer: Producer, topic: str, metrics: Metrics,
+                 stop: asyncio.Event | None = None) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.metrics = metrics
+        self.stop = stop
+
+    async def send(self, letters: Sequence[tuple[Source, DeadLetter]]) -> None:
+        """Send once; raise :class:`BrokerUnavailable` when the broker does not take them."""
+        await self.producer.send_all(
+            self.topic, [(source.key, encode(letter)) for source, letter in letters])
+
+    async def publish(self, letters: Sequence[tuple[Source, DeadLetter]]) -> None:
+        """Send and count; wait until the broker has them (retrying until ``stop``)."""
+        if not letters:
+            return
+        await retrying(lambda: self.send(letters), self.stop, retry_on=BrokerUnavailable,
+                       backoff=Backoff(0.2, 5.0), on_retry=_publish_failed)
+        self.count(letters)
+
+    def count(self, letters: Sequence[tuple[Source, DeadLetter]]) -> None:
+        """Count (and log) dead letters the broker has."""
+        for source, letter in letters:
+            self.metrics.dead_letters.labels(source.topic, letter.reason).inc()
+            log.info("dead-lettered an input", extra={
+                "topic": source.topic, "partition": source.partition, "offset": source.offset,
+                "reason": letter.reason, "detail": letter.detail[:300]})
+
+
+def _publish_failed(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("cannot publish dead letters, retrying", extra={"error": str(exc)})

@@ -8,12 +8,13 @@ transaction has committed, so nothing is announced that might still roll back.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from dispatcher import audit
 from dispatcher.deadletter import Source, build
 from dispatcher.events import DeadLetter
+from dispatcher.store.records import Row, Transition
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Effects:
     """Consequences of one batch, to act on after it is durable."""
 
     dead: list[tuple[Source, DeadLetter]] = field(default_factory=list)
-    transitions: list[Any] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
     consumed: Counter[tuple[str, str]] = field(default_factory=Counter)
     held: Counter[tuple[str, str]] = field(default_factory=Counter)
     wake_push: bool = False
@@ -50,19 +51,21 @@ class Effects:
     def freed_devices(self) -> list[str]:
         """Devices whose PENDING command just ended: their next parked command may go."""
         return sorted({
-            r["aos_device"] for r in self.transitions
-            if r.get("previous") == "PENDING" and r["status"] not in ("PENDING", "RECEIVED")
+            t.aos_device for t in self.transitions
+            if t.previous == "PENDING" and t.status not in ("PENDING", "RECEIVED")
         })
 
-    def moved(self, rows: list[Any]) -> None:
-        """Record transitions (rows with command, status, previous, created_at)."""
-        if rows:
-            self.transitions.extend(rows)
+    def moved(self, rows: Iterable[Transition | Row]) -> None:
+        """Record transitions (records, or driver rows of the modules not yet typed)."""
+        moved = [Transition.of(r) for r in rows]
+        if moved:
+            self.transitions.extend(moved)
             self.wake_outbox = True
 
-    def cancelled(self, rows: list[Any]) -> None:
+    def cancelled(self, rows: Iterable[Transition | Row]) -> None:
         """Record the transitions of ``cancel_commands`` and their audit entries."""
-        self.moved(rows)
+        moved = [Transition.of(r) for r in rows]
+        self.moved(moved)
         self.audit.extend(
-            audit.Entry(r["cancelled_by"], audit.CANCEL, r["id"], r["aos_device"],
-                        r["organization"]) for r in rows)
+            audit.Entry(t.cancelled_by, audit.CANCEL, t.id, t.aos_device,
+                        t.organization or "") for t in moved)

@@ -18,15 +18,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from dispatcher import deadletter, ingest
+from dispatcher import held
 from dispatcher.aio import Backoff, retrying, sleep_unless
 from dispatcher.config import Settings
-from dispatcher.consumer import BatchProcessor
-from dispatcher.deadletter import Source
+from dispatcher.deadletter import DeadLetters
 from dispatcher.effects import Effects
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
 from dispatcher.metrics import Metrics
-from dispatcher.store import Store, walk
+from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +40,11 @@ class Timer:
     """Periodic housekeeping; :meth:`tick` is one pass, :meth:`run` repeats it."""
 
     def __init__(self, settings: Settings, store: Store, metrics: Metrics,
-                 processor: BatchProcessor, on_effects: Callable[[Effects], None]) -> None:
+                 dead_letters: DeadLetters, on_effects: Callable[[Effects], None]) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.processor = processor
+        self.dead_letters = dead_letters
         self.on_effects = on_effects
         self._last_repair = 0.0
         self._failures = 0
@@ -64,14 +63,14 @@ class Timer:
     async def _expire_loop(self) -> int:
         total = 0
         while True:
-            rows = await self.store.fetch("expire_due", EXPIRE_BATCH)
+            rows = await self.store.expire_due(EXPIRE_BATCH)
             if rows:
                 fx = Effects()
-                fx.moved(list(rows))
+                fx.moved(rows)
                 freed = fx.freed_devices()
                 if freed:
                     async with self._waking:  # the two loops may free the same device
-                        fx.wake_push = bool(await self.store.fetch("wake_devices", freed))
+                        fx.wake_push = bool(await self.store.wake_devices(freed))
                 self.metrics.expired.inc(len(rows))
                 self.on_effects(fx)
             total += len(rows)
@@ -80,42 +79,21 @@ class Timer:
 
     async def settle_held(self) -> None:
         """Apply held events whose command exists; dead-letter the overdue ones."""
-        fx = Effects()
-        async with self.store.transaction() as conn:
-            rows = await walk(conn, "take_held_ready", HELD_BATCH)
-            await ingest.replay_held(conn, sorted(rows, key=lambda r: r["seq"]), fx)
+        fx = await held.replay_ready(self.store, HELD_BATCH)
         # A replayed ack can still be rejected (e.g. another device's): dead-letter it.
-        await self.processor.publish_dead_letters(fx)
+        await self.dead_letters.publish(fx.dead)
         self.on_effects(fx)
-        # Deleted and dead-lettered in one transaction: if the broker does not take the
-        # dead letters, the delete rolls back and the next pass tries again.
-        late = Effects()
-        async with self.store.transaction() as conn:
-            rows = await walk(conn, "take_held_overdue", self.settings.hold_window_s,
-                              HELD_BATCH)
-            for row in rows:
-                source = Source.from_json(row["source"])
-                late.dead.append((source, deadletter.build(
-                    source, "unknown_command",
-                    f"no command {row['command_id']} arrived within "
-                    f"{self.settings.hold_window_s:g}s of this {row['kind']}")))
-                late.held[(row["kind"], "expired")] += 1
-            await self.processor.producer.send_all(
-                self.settings.topic("dead-letter"),
-                [(src.key, deadletter.encode(letter)) for src, letter in late.dead])
-        for source, letter in late.dead:
-            self.metrics.dead_letters.labels(source.topic, letter.reason).inc()
-        self.on_effects(late)
+        self.on_effects(await held.expire_overdue(
+            self.store, self.dead_letters, self.settings.hold_window_s, HELD_BATCH))
 
     async def gauges(self) -> None:
         """Open commands by status and the age of the oldest (cheap: partial index)."""
-        rows = await self.store.fetch("open_gauges")
         seen = {"PENDING": 0, "RECEIVED": 0}
         oldest: datetime | None = None
-        for row in rows:
-            seen[row["status"]] = row["n"]
-            if oldest is None or row["oldest"] < oldest:
-                oldest = row["oldest"]
+        for row in await self.store.open_gauges():
+            seen[row.status] = row.n
+            if oldest is None or row.oldest < oldest:
+                oldest = row.oldest
         for status, n in seen.items():
             self.metrics.commands_open.labels(status).set(n)
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
@@ -127,8 +105,8 @@ class Timer:
         Read from PostgreSQL, so it shows events the relay cannot get out (the broker
         away, the relay failing) whichever replica's relay is stuck.
         """
-        rows = await self.store.fetch("outbox_gauges", OUTBOX_COUNT_CAP)
-        self.metrics.outbox(rows[0]["n"], rows[0]["oldest_age_s"])
+        backlog = await self.store.outbox_gauges(OUTBOX_COUNT_CAP)
+        self.metrics.outbox(backlog.n, backlog.oldest_age_s)
 
     async def tick(self) -> None:
         """One pass of every duty."""
@@ -136,7 +114,7 @@ class Timer:
         await self.settle_held()
         if time.monotonic() - self._last_repair > 10:
             self._last_repair = time.monotonic()
-            if await self.store.fetch("wake_parked"):
+            if await self.store.wake_parked():
                 fx = Effects()
                 fx.wake_push = True
                 self.on_effects(fx)

@@ -1,8 +1,11 @@
 """Acks and cancels that arrive before their command: held in PostgreSQL until it does.
 
-A held event is applied when its command is stored (same transaction) or by the timer's
-pass; one whose command never comes within ``DISPATCHER_HOLD_WINDOW_S`` is dead-lettered
-with reason ``unknown_command``. When replaying held events nothing is held again.
+Everything about held events lives here: holding them (:func:`hold`), applying them
+when their command is stored, in the same transaction (:func:`apply_held`), the timer's
+pass that applies those whose command has arrived since (:func:`replay_ready`), and
+dead-letters with reason ``unknown_command`` those whose command never came within
+``DISPATCHER_HOLD_WINDOW_S`` (:func:`expire_overdue`). When replaying held events
+nothing is held again.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-import asyncpg
-
-from dispatcher.deadletter import Source
+# acks and ingest hold events, and replaying one applies an ack or a cancel: the modules
+# import each other, and each reads the other's functions only when called
+from dispatcher import acks, deadletter, ingest
+from dispatcher.deadletter import DeadLetters, Source
 from dispatcher.effects import Effects
-from dispatcher.store import QUERIES
+from dispatcher.events import CancelRequest, DeviceAck
+from dispatcher.store import Store, Tx
+from dispatcher.store.records import HeldEvent, NewHeld
 
 
 class _Event(Protocol):
@@ -25,7 +31,7 @@ class _Event(Protocol):
 
 
 async def hold(
-    conn: asyncpg.Connection,
+    tx: Tx,
     kind: str,
     items: Sequence[tuple[_Event, Source]],
     fx: Effects,
@@ -38,13 +44,58 @@ async def hold(
         for _, source in items:
             fx.reject(source, "unknown_command", "no command with this commandId arrived in time")
         return
-    await conn.execute(
-        QUERIES["hold_events"],
-        [kind] * len(items),
-        [event.commandId for event, _ in items],
-        [event.model_dump(mode="json") for event, _ in items],
-        [source.to_json() for _, source in items],
-    )
+    await tx.hold_events([NewHeld(kind, event.commandId, event.model_dump(mode="json"),
+                                  source.to_json()) for event, source in items])
     for _, source in items:
         fx.accept(source, "held")
         fx.held[(kind, "held")] += 1
+
+
+async def apply_held(tx: Tx, command_ids: list[str], fx: Effects) -> None:
+    """Apply acks and cancels that were waiting for these commands."""
+    if not command_ids:
+        return
+    await replay(tx, await tx.take_held_for(command_ids), fx)
+
+
+async def replay(tx: Tx, events: list[HeldEvent], fx: Effects) -> None:
+    """Apply taken held events in their arrival order (nothing is held again)."""
+    events = sorted(events, key=lambda e: e.seq)
+    ack_items = [(DeviceAck.model_validate(e.payload), Source.from_json(e.source))
+                 for e in events if e.kind == "ack"]
+    cancels = [(CancelRequest.model_validate(e.payload), Source.from_json(e.source))
+               for e in events if e.kind == "cancel"]
+    for kind, n in (("ack", len(ack_items)), ("cancel", len(cancels))):
+        if n:
+            fx.held[(kind, "applied")] += n
+    await acks.apply_acks(tx, ack_items, fx, hold_unknown=False)
+    await ingest.apply_cancels(tx, cancels, fx, hold_unknown=False)
+
+
+async def replay_ready(store: Store, limit: int) -> Effects:
+    """Apply up to ``limit`` held events whose command exists now (one transaction)."""
+    fx = Effects()
+    async with store.transaction() as tx:
+        await replay(tx, await tx.take_held_ready(limit), fx)
+    return fx
+
+
+async def expire_overdue(store: Store, letters: DeadLetters, window_s: float,
+                         limit: int) -> Effects:
+    """Dead-letter up to ``limit`` held events older than ``window_s``.
+
+    Deleted and dead-lettered in one transaction: if the broker does not take the dead
+    letters, the delete rolls back and the next pass tries again.
+    """
+    late = Effects()
+    async with store.transaction() as tx:
+        for event in await tx.take_held_overdue(window_s, limit):
+            source = Source.from_json(event.source)
+            late.dead.append((source, deadletter.build(
+                source, "unknown_command",
+                f"no command {event.command_id} arrived within "
+                f"{window_s:g}s of this {event.kind}")))
+            late.held[(event.kind, "expired")] += 1
+        await letters.send(late.dead)
+    letters.count(late.dead)
+    return late

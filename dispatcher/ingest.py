@@ -7,47 +7,21 @@ Each function runs inside the batch's transaction and records its consequences i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
-import asyncpg
-
-from dispatcher import audit, lifecycle
-from dispatcher.acks import apply_acks
+from dispatcher import audit, held, lifecycle
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
-from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState
-from dispatcher.held import hold
+from dispatcher.events import CancelRequest, CommandCreated, DeviceState
 from dispatcher.lifecycle import Status
 from dispatcher.secretbox import SecretBox, split
-from dispatcher.store import QUERIES
+from dispatcher.store import Tx
+from dispatcher.store.records import DeviceUpsert, NewCommand
 
-
-@dataclass(frozen=True, slots=True)
-class NewCommand:
-    """A command ready to insert: secrets masked in ``params``, sealed in ``secret``."""
-
-    id: str
-    organization: str
-    aos_enterprise: str
-    aos_device: str
-    mdm_user: str | None
-    command: str
-    params: dict[str, Any]
-    secret: bytes | None
-    status: Status
-    duration_s: int
-    expires_at: datetime
-    created_at: datetime
-    source: str = "kafka"
-    user_name: str | None = None
-    duration_nanos: int = 0
-    """The fraction of a second of the validity (``duration_s`` is the whole seconds)."""
-    created_by: str | None = None
-    request_hash: str | None = None
-    """Keyed hash of the HTTP request that created it (idempotency replays are compared)."""
+__all__ = ["NewCommand", "apply_cancels", "apply_created", "apply_devices", "new_command",
+           "store_commands"]
 
 
 def new_command(
@@ -89,56 +63,27 @@ def new_command(
     )
 
 
-async def store_commands(
-    conn: asyncpg.Connection, commands: list[NewCommand], fx: Effects
-) -> set[str]:
+async def store_commands(tx: Tx, commands: list[NewCommand], fx: Effects) -> set[str]:
     """Insert new commands (duplicates are no-ops); return the ids actually inserted."""
     if not commands:
         return set()
-    disenrolled = {
-        r["aos_device"]
-        for r in await conn.fetch(
-            "SELECT aos_device FROM devices WHERE aos_device = ANY($1::text[])"
-            " AND state = 'DISENROLLED'",
-            list({c.aos_device for c in commands}),
-        )
-    }
-    statuses = [
-        Status.CANCEL if c.status is Status.PENDING and c.aos_device in disenrolled else c.status
-        for c in commands
-    ]
-    rows = await conn.fetch(
-        QUERIES["insert_commands"],
-        [c.id for c in commands],
-        [c.organization for c in commands],
-        [c.aos_enterprise for c in commands],
-        [c.aos_device for c in commands],
-        [c.mdm_user for c in commands],
-        [c.command for c in commands],
-        [c.params for c in commands],
-        [c.secret for c in commands],
-        [s.value for s in statuses],
-        [c.duration_s for c in commands],
-        [c.expires_at for c in commands],
-        [c.created_at for c in commands],
-        [c.source for c in commands],
-        [c.user_name for c in commands],
-        [c.duration_nanos for c in commands],
-        [c.created_by for c in commands],
-        [c.request_hash for c in commands],
-    )
-    fx.moved([dict(r, previous=None) for r in rows])
-    if any(r["status"] == Status.PENDING for r in rows):
+    disenrolled = await tx.disenrolled_devices(sorted({c.aos_device for c in commands}))
+    rows = await tx.insert_commands([
+        dataclasses.replace(c, status=Status.CANCEL)
+        if c.status is Status.PENDING and c.aos_device in disenrolled else c
+        for c in commands])
+    fx.moved(rows)
+    if any(r.status == Status.PENDING for r in rows):
         fx.wake_push = True
-    inserted = {r["id"] for r in rows}
+    inserted = {r.id for r in rows}
     fx.audit.extend(audit.Entry(c.created_by, audit.CREATE, c.id, c.aos_device, c.organization)
                     for c in commands if c.id in inserted)
-    await apply_held(conn, sorted(inserted), fx)
+    await held.apply_held(tx, sorted(inserted), fx)
     return inserted
 
 
 async def apply_created(
-    conn: asyncpg.Connection,
+    tx: Tx,
     items: list[tuple[CommandCreated, Source]],
     fx: Effects,
     default_duration_s: int,
@@ -150,7 +95,7 @@ async def apply_created(
         if event.id not in unique:
             unique[event.id] = new_command(event, source.seen_at, default_duration_s, box,
                                            created_by=event.createdBy or source.topic)
-    inserted = await store_commands(conn, list(unique.values()), fx)
+    inserted = await store_commands(tx, list(unique.values()), fx)
     counted: set[str] = set()
     for event, source in items:
         fresh = event.id in inserted and event.id not in counted
@@ -159,7 +104,7 @@ async def apply_created(
 
 
 async def apply_devices(
-    conn: asyncpg.Connection, items: list[tuple[DeviceState, Source]], fx: Effects
+    tx: Tx, items: list[tuple[DeviceState, Source]], fx: Effects
 ) -> None:
     """Upsert the device registry; a new token wakes parked pushes, DISENROLLED cancels."""
     latest: dict[str, tuple[DeviceState, datetime]] = {}
@@ -170,29 +115,19 @@ async def apply_devices(
         fx.accept(source)
     if not latest:
         return
-    events = list(latest.values())
-    rows = await conn.fetch(
-        QUERIES["upsert_devices"],
-        [e.aosDevice for e, _ in events],
-        [e.organization for e, _ in events],
-        [e.aosEnterprise for e, _ in events],
-        [e.mdmUser for e, _ in events],
-        [e.pushToken for e, _ in events],
-        [e.state for e, _ in events],
-        [at for _, at in events],
-        [e.publicKey for e, _ in events],
-        [e.pushProvider for e, _ in events],
-    )
-    gone = [r["aos_device"] for r in rows if r["state"] == "DISENROLLED"]
+    changed = await tx.upsert_devices([
+        DeviceUpsert(e.aosDevice, e.organization, e.aosEnterprise, e.mdmUser, e.pushToken,
+                     e.state, at, e.publicKey, e.pushProvider) for e, at in latest.values()])
+    gone = [d.aos_device for d in changed if d.state == "DISENROLLED"]
     if gone:
-        fx.moved(list(await conn.fetch(QUERIES["cancel_disenrolled"], gone)))
-    ready = [r["aos_device"] for r in rows if r["state"] == "ACTIVE" and r["has_token"]]
-    if ready and await conn.fetch(QUERIES["wake_devices"], ready):
+        fx.moved(await tx.cancel_disenrolled(gone))
+    ready = [d.aos_device for d in changed if d.state == "ACTIVE" and d.has_token]
+    if ready and await tx.wake_devices(ready):
         fx.wake_push = True
 
 
 async def apply_cancels(
-    conn: asyncpg.Connection,
+    tx: Tx,
     items: list[tuple[CancelRequest, Source]],
     fx: Effects,
     hold_unknown: bool = True,
@@ -200,48 +135,19 @@ async def apply_cancels(
     """Cancel open commands; unknown ones are held until their command arrives."""
     if not items:
         return
-    known = {
-        r["id"]: r
-        for r in await conn.fetch(
-            QUERIES["command_devices"], list({c.commandId for c, _ in items})
-        )
-    }
+    known = {r.id: r for r in await tx.command_devices(sorted({c.commandId for c, _ in items}))}
     targets: dict[str, str] = {}  # command id -> who cancels it (the first cancel's)
     to_hold: list[tuple[CancelRequest, Source]] = []
     for cancel, source in items:
         row = known.get(cancel.commandId)
         if row is None:
             to_hold.append((cancel, source))
-        elif row["aos_device"] != cancel.aosDevice:
+        elif row.aos_device != cancel.aosDevice:
             fx.reject(source, "device_mismatch",
                       "the cancel's aosDevice is not the command's device")
         else:
             targets.setdefault(cancel.commandId, cancel.cancelledBy or source.topic)
-            fx.accept(source, "ok" if row["status"] in lifecycle.OPEN else "no_change")
+            fx.accept(source, "ok" if row.status in lifecycle.OPEN else "no_change")
     if targets:
-        ids = sorted(targets)
-        fx.cancelled(list(await conn.fetch(QUERIES["cancel_commands"], ids,
-                                           [targets[i] for i in ids])))
-    await hold(conn, "cancel", to_hold, fx, hold_unknown)
-
-
-async def apply_held(conn: asyncpg.Connection, command_ids: list[str], fx: Effects) -> None:
-    """Apply acks and cancels that were waiting for these commands."""
-    if not command_ids:
-        return
-    rows = await conn.fetch(QUERIES["take_held_for"], command_ids)
-    await replay_held(conn, sorted(rows, key=lambda r: r["seq"]), fx)
-
-
-async def replay_held(conn: asyncpg.Connection, rows: list[Any], fx: Effects) -> None:
-    """Apply taken held rows in their arrival order."""
-    acks = [(DeviceAck.model_validate(r["payload"]), Source.from_json(r["source"]))
-            for r in rows if r["kind"] == "ack"]
-    cancels = [(CancelRequest.model_validate(r["payload"]), Source.from_json(r["source"]))
-               for r in rows if r["kind"] == "cancel"]
-    for kind, n in (("ack", len(acks)), ("cancel", len(cancels))):
-        if n:
-            fx.held[(kind, "applied")] += n
-    await apply_acks(conn, acks, fx, hold_unknown=False)
-    await apply_cancels(conn, cancels, fx, hold_unknown=False)
-
+        fx.cancelled(await tx.cancel_commands(targets))
+    await held.hold(tx, "cancel", to_hold, fx, hold_unknown)

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from dispatcher.lifecycle import CommandType, Status
+from dispatcher.store.records import Transition
 
 DEAD_LETTER_REASONS = (
     "empty", "invalid_json", "too_deep", "duplicate_key", "too_large", "validation",
@@ -183,15 +184,17 @@ class Metrics:
             self.first_push.labels(provider).observe(max(age, 0.0))
 
     def transitions(self, rows: Iterable[Any], now: datetime | None = None) -> None:
-        """Count transitions given rows with ``command``, ``status`` and ``created_at``."""
+        """Count transitions: :class:`Transition` records, or driver rows with ``command``,
+        ``status`` and ``created_at`` (the push module's, until it moves to typed methods)."""
         moment = now or datetime.now(UTC)
         for row in rows:
-            command, status = row["command"], row["status"]
-            if status == row.get("previous"):
+            t = Transition.of(row)
+            command, status = t.command, t.status
+            if status == t.previous:
                 continue
             self.command_status.labels(command, status).inc()
             if status not in ("PENDING", "RECEIVED"):
-                age = (moment - row["created_at"]).total_seconds()
+                age = (moment - t.created_at).total_seconds()
                 self.completion.labels(command, status).observe(max(age, 0.0))
 
     def render(self) -> bytes:

@@ -1,9 +1,10 @@
 """Relay of ``mdm.commands.status``: the transactional outbox, drained to Kafka.
 
-Every transition writes its status event into ``status_outbox`` in the same
-statement that moves the command. The relay takes rows in order (``FOR UPDATE SKIP
-LOCKED``, so replicas share the work), sends them, waits for the broker's
-acknowledgement and only then deletes them in the same transaction. A crash before
+Every transition's status event is written into ``status_outbox`` in the same
+transaction that moves the command (by the trigger on ``commands``, migration 010).
+The relay takes rows in order (one relay at a time, see ``take_outbox``), sends them,
+waits for the broker's acknowledgement and only then deletes them in the same
+transaction. A crash before
 the delete sends them again: status events are at-least-once, never lost.
 """
 
@@ -16,7 +17,7 @@ from dispatcher.aio import Backoff, retrying, wait_any
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
 from dispatcher.kafka import Producer
 from dispatcher.metrics import Metrics
-from dispatcher.store import QUERIES, Store, walk
+from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,14 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Send and delete one batch; return how many events went out."""
-        async with self.store.transaction() as conn:
-            rows = await walk(conn, "take_outbox", self.batch)
+        async with self.store.transaction() as tx:
+            rows = await tx.take_outbox(self.batch)
             if not rows:
                 return 0
             await self.producer.send_all(
-                self.topic, [(r["aos_device"].encode(), r["payload"].encode()) for r in rows]
+                self.topic, [(r.aos_device.encode(), r.payload.encode()) for r in rows]
             )
-            await conn.execute(QUERIES["delete_outbox"], [r["seq"] for r in rows])
+            await tx.delete_outbox([r.seq for r in rows])
         self.metrics.status_published.inc(len(rows))
         return len(rows)
 

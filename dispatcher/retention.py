@@ -70,8 +70,7 @@ class Retention:
         started = time.monotonic()
         total = 0
         while True:
-            rows = await self.store.fetch("remove_finished", self.retention_s, BATCH)
-            removed = int(rows[0]["n"])
+            removed = await self.store.remove_finished(self.retention_s, BATCH)
             total += removed
             self.metrics.commands_removed.inc(removed)
             if removed < BATCH or time.monotonic() - started > budget_s:
@@ -84,9 +83,9 @@ class Retention:
 
     async def table_gauges(self) -> None:
         """The commands table's live and dead rows (the statistics collector's counts)."""
-        rows = await self.store.fetch("table_rows")
-        self.metrics.commands_table_rows.labels("live").set(rows[0]["live"])
-        self.metrics.commands_table_rows.labels("dead").set(rows[0]["dead"])
+        rows = await self.store.table_rows()
+        self.metrics.commands_table_rows.labels("live").set(rows.live)
+        self.metrics.commands_table_rows.labels("dead").set(rows.dead)
 
 
 def _failed(exc: BaseException, attempt: int, delay: float) -> None:

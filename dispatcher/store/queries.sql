@@ -1,6 +1,7 @@
 -- Every SQL statement of the dispatcher, as named blocks ("-- name: x").
--- Each transition is one guarded statement: it cannot move a terminal command, and it
--- writes its mdm.commands.status event into status_outbox in the same statement.
+-- Each transition is one guarded statement: it cannot move a terminal command. Its
+-- mdm.commands.status event is written into status_outbox by the triggers on commands
+-- (migration 010: a new row, or a row whose status changes), in the same transaction.
 --
 -- Index keys: a clause such as "seq > 0" or "pushes >= 0" is always true; it names the
 -- partial index the statement is meant to use (dispatcher/migrations/002_index_keys.sql). A partial
@@ -62,17 +63,17 @@ WITH target AS (
         next_push_at = NULL, push_lease_until = NULL,
         error_type = 'DEVICE_DISENROLLED', error_message = 'the device was disenrolled'
     FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
-    RETURNING c.*, t.previous
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
-           m.created_by, m.cancelled_by) FROM moved m
+    RETURNING c.id, c.aos_device, c.command, c.status, t.previous, c.created_at
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
+-- name: disenrolled_devices
+-- Which of the devices $1 are disenrolled (their new commands are stored CANCEL).
+SELECT aos_device FROM devices WHERE aos_device = ANY($1::text[]) AND state = 'DISENROLLED';
+
 -- name: insert_commands
 -- The same id twice is one command: a duplicate inserts nothing and emits nothing.
+-- (Only inserted rows reach the status trigger: ON CONFLICT DO NOTHING inserts none.)
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
@@ -99,14 +100,9 @@ WITH input AS (
                        WHEN 'CANCEL' THEN 'the device is disenrolled' END
     FROM input
     ON CONFLICT (id) DO NOTHING
-    RETURNING *
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT i.id, i.aos_device, dispatcher_status_event(i.id, i.organization, i.aos_device, i.command,
-           i.status, NULL, i.updated_at, i.push_id, i.error_type, i.error_message,
-           i.created_by, i.cancelled_by) FROM inserted i
+    RETURNING id, aos_device, status, command, created_at
 )
-SELECT id, status, command, created_at FROM inserted;
+SELECT id, aos_device, status, command, created_at FROM inserted;
 
 -- name: lock_commands
 -- The current state of the commands a batch of acks touches, locked in id order
@@ -117,7 +113,8 @@ WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 -- name: apply_acks
 -- One row per command: its new status (or the same) and, when acks were added, its whole
 -- new (capped) results, dropped count and ack fingerprints (NULL: unchanged), guarded by
--- the status read under lock.
+-- the status read under lock. A step that keeps the status emits no event (the trigger's
+-- WHEN).
 WITH input AS (
     -- results arrive as JSON text and ack_keys as an array literal: a list inside an
     -- array parameter would be taken for an array dimension by the driver
@@ -141,13 +138,7 @@ WITH input AS (
         push_lease_until = CASE WHEN i.status = 'PENDING' THEN c.push_lease_until END
     FROM input i
     WHERE c.id = i.id AND c.status = i.expected
-    RETURNING c.*, i.expected AS previous
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
-           m.created_by, m.cancelled_by)
-    FROM moved m WHERE m.status <> m.previous
+    RETURNING c.id, c.aos_device, c.command, c.status, i.expected AS previous, c.created_at
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
@@ -164,12 +155,8 @@ WITH target AS (
         next_push_at = NULL, push_lease_until = NULL,
         error_type = NULL, error_message = NULL, cancelled_by = t.actor
     FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
-    RETURNING c.*, t.previous
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
-           m.created_by, m.cancelled_by) FROM moved m
+    RETURNING c.id, c.aos_device, c.organization, c.command, c.status, t.previous,
+              c.created_at, c.cancelled_by
 )
 SELECT id, aos_device, organization, command, status, previous, created_at, cancelled_by
 FROM moved;
@@ -217,12 +204,7 @@ WITH due AS (
     FROM due d
     WHERE c.id = ANY (ARRAY(SELECT id FROM due)) AND c.id = d.id
       AND c.status IN ('PENDING', 'RECEIVED')
-    RETURNING c.*, d.previous
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
-           m.created_by, m.cancelled_by) FROM moved m
+    RETURNING c.id, c.aos_device, c.command, c.status, d.previous, c.created_at
 )
 SELECT id, aos_device, command, status, previous, created_at FROM moved;
 
@@ -378,12 +360,7 @@ WITH moved AS (
     SET status = 'ERROR', updated_at = now(), finished_at = now(), secret = NULL,
         next_push_at = NULL, push_lease_until = NULL, error_type = $2, error_message = $3
     WHERE c.id = $1 AND c.status = 'PENDING' AND c.push_attempts = $4::int
-    RETURNING c.*, 'PENDING'::text AS previous
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT m.id, m.aos_device, dispatcher_status_event(m.id, m.organization, m.aos_device, m.command,
-           m.status, m.previous, m.updated_at, m.push_id, m.error_type, m.error_message,
-           m.created_by, m.cancelled_by) FROM moved m
+    RETURNING c.id, c.aos_device, c.command, c.status, 'PENDING'::text AS previous, c.created_at
 ), woken AS (
     UPDATE commands c SET next_push_at = now()
     WHERE c.id = (

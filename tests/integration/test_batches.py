@@ -24,7 +24,7 @@ import pytest
 from dispatcher import ingest
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor
-from dispatcher.deadletter import Source
+from dispatcher.deadletter import DeadLetters, Source
 from dispatcher.exceptions import StoreUnavailable
 from dispatcher.kafka import Producer, ensure_topics
 from dispatcher.metrics import Metrics
@@ -40,7 +40,9 @@ async def processor(settings: Settings) -> AsyncIterator[BatchProcessor]:
     store = await Store.connect(settings.database_url)
     producer = Producer(settings)
     await producer.start()
-    yield BatchProcessor(settings, store, producer, Metrics(), SecretBox(generate_keys()),
+    metrics = Metrics()
+    letters = DeadLetters(producer, settings.topic("dead-letter"), metrics)
+    yield BatchProcessor(settings, store, letters, metrics, SecretBox(generate_keys()),
                          lambda fx: None)
     await producer.stop()
     await store.close()
@@ -129,7 +131,7 @@ async def test_a_stop_ends_the_retries_of_a_batch_at_once(
     store = await Store.connect(settings.database_url)
     await store.close()  # the database is gone for this processor: every write fails
     stop = asyncio.Event()
-    processor = BatchProcessor(settings, store, processor.producer, Metrics(),
+    processor = BatchProcessor(settings, store, processor.dead_letters, Metrics(),
                                SecretBox(generate_keys()), lambda fx: None, stop=stop)
     topic = settings.topic("commands.created")
     writing = asyncio.create_task(processor.process(records(topic, [command_event(hex24())])))

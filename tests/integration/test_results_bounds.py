@@ -15,7 +15,7 @@ from dispatcher.acks import RESULTS_MAX, RESULTS_MAX_BYTES, apply_acks, result_e
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import DeviceAck
-from dispatcher.store import _init_connection
+from dispatcher.store import Tx, _init_connection
 from tests.support.events import ENTERPRISE, ORG, hex24
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -48,7 +48,7 @@ def acks(cid: str, device: str, first: int, n: int, status: str = "RECEIVED",
 async def apply(conn: asyncpg.Connection, items: list[tuple[DeviceAck, Source]]) -> Effects:
     fx = Effects()
     async with conn.transaction():
-        await apply_acks(conn, items, fx)
+        await apply_acks(Tx(conn), items, fx)
     return fx
 
 

@@ -643,7 +643,7 @@ class Harness:
                 started = time.perf_counter()
                 await timer.expire()
                 await timer.gauges()
-                await store.fetch("wake_parked")
+                await store.wake_parked()
                 times.append((time.perf_counter() - started) * 1000)
             return statistics.median(times)
         finally:

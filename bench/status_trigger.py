@@ -91,7 +91,7 @@ async def _insert(store: Store, sql: str | None, commands: list[NewCommand]) -> 
                 await tx.insert_commands(commands[i:i + BATCH])
             else:  # the same columns insert_commands transposes
                 c = commands[i:i + BATCH]
-                await tx.fetch(sql, [x.id for x in c], [x.organization for x in c],
+                await tx.conn.fetch(sql, [x.id for x in c], [x.organization for x in c],
                                [x.aos_enterprise for x in c], [x.aos_device for x in c],
                                [x.mdm_user for x in c], [x.command for x in c],
                                [x.params for x in c], [x.secret for x in c],

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from dispatcher import audit
 from dispatcher.deadletter import Source, build
 from dispatcher.events import DeadLetter
-from dispatcher.store.records import Row, Transition
+from dispatcher.store.records import Transition
 
 
 @dataclass
@@ -55,16 +55,16 @@ class Effects:
             if t.previous == "PENDING" and t.status not in ("PENDING", "RECEIVED")
         })
 
-    def moved(self, rows: Iterable[Transition | Row]) -> None:
-        """Record transitions (records, or driver rows of the modules not yet typed)."""
-        moved = [Transition.of(r) for r in rows]
+    def moved(self, rows: Iterable[Transition]) -> None:
+        """Record transitions."""
+        moved = list(rows)
         if moved:
             self.transitions.extend(moved)
             self.wake_outbox = True
 
-    def cancelled(self, rows: Iterable[Transition | Row]) -> None:
+    def cancelled(self, rows: Iterable[Transition]) -> None:
         """Record the transitions of ``cancel_commands`` and their audit entries."""
-        moved = [Transition.of(r) for r in rows]
+        moved = list(rows)
         self.moved(moved)
         self.audit.extend(
             audit.Entry(t.cancelled_by, audit.CANCEL, t.id, t.aos_device,

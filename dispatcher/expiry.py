@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from dispatcher import held
+from dispatcher import held, ingest
 from dispatcher.aio import Backoff, retrying, sleep_unless
 from dispatcher.config import Settings
 from dispatcher.deadletter import DeadLetters
@@ -79,7 +79,7 @@ class Timer:
 
     async def settle_held(self) -> None:
         """Apply held events whose command exists; dead-letter the overdue ones."""
-        fx = await held.replay_ready(self.store, HELD_BATCH)
+        fx = await held.replay_ready(self.store, HELD_BATCH, ingest.REPLAY)
         # A replayed ack can still be rejected (e.g. another device's): dead-letter it.
         await self.dead_letters.publish(fx.dead)
         self.on_effects(fx)

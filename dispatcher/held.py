@@ -6,16 +6,19 @@ pass that applies those whose command has arrived since (:func:`replay_ready`), 
 dead-letters with reason ``unknown_command`` those whose command never came within
 ``DISPATCHER_HOLD_WINDOW_S`` (:func:`expire_overdue`). When replaying held events
 nothing is held again.
+
+``acks`` and ``ingest`` hold events through this module, so it imports neither: a replay
+applies acks and cancels with the functions its caller names (:class:`Appliers`,
+``ingest.REPLAY``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-# acks and ingest hold events, and replaying one applies an ack or a cancel: the modules
-# import each other, and each reads the other's functions only when called
-from dispatcher import acks, deadletter, ingest
+from dispatcher import deadletter
 from dispatcher.deadletter import DeadLetters, Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, DeviceAck
@@ -28,6 +31,14 @@ class _Event(Protocol):
     def commandId(self) -> str: ...
 
     def model_dump(self, *, mode: str) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Appliers:
+    """How a replay applies held events: ``acks.apply_acks`` and ``ingest.apply_cancels``."""
+
+    acks: Callable[..., Awaitable[None]]
+    cancels: Callable[..., Awaitable[None]]
 
 
 async def hold(
@@ -51,14 +62,14 @@ async def hold(
         fx.held[(kind, "held")] += 1
 
 
-async def apply_held(tx: Tx, command_ids: list[str], fx: Effects) -> None:
+async def apply_held(tx: Tx, command_ids: list[str], fx: Effects, apply: Appliers) -> None:
     """Apply acks and cancels that were waiting for these commands."""
     if not command_ids:
         return
-    await replay(tx, await tx.take_held_for(command_ids), fx)
+    await replay(tx, await tx.take_held_for(command_ids), fx, apply)
 
 
-async def replay(tx: Tx, events: list[HeldEvent], fx: Effects) -> None:
+async def replay(tx: Tx, events: list[HeldEvent], fx: Effects, apply: Appliers) -> None:
     """Apply taken held events in their arrival order (nothing is held again)."""
     events = sorted(events, key=lambda e: e.seq)
     ack_items = [(DeviceAck.model_validate(e.payload), Source.from_json(e.source))
@@ -68,15 +79,15 @@ async def replay(tx: Tx, events: list[HeldEvent], fx: Effects) -> None:
     for kind, n in (("ack", len(ack_items)), ("cancel", len(cancels))):
         if n:
             fx.held[(kind, "applied")] += n
-    await acks.apply_acks(tx, ack_items, fx, hold_unknown=False)
-    await ingest.apply_cancels(tx, cancels, fx, hold_unknown=False)
+    await apply.acks(tx, ack_items, fx, hold_unknown=False)
+    await apply.cancels(tx, cancels, fx, hold_unknown=False)
 
 
-async def replay_ready(store: Store, limit: int) -> Effects:
+async def replay_ready(store: Store, limit: int, apply: Appliers) -> Effects:
     """Apply up to ``limit`` held events whose command exists now (one transaction)."""
     fx = Effects()
     async with store.transaction() as tx:
-        await replay(tx, await tx.take_held_ready(limit), fx)
+        await replay(tx, await tx.take_held_ready(limit), fx, apply)
     return fx
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from dispatcher import audit, held, lifecycle
+from dispatcher import acks, audit, held, lifecycle
 from dispatcher.deadletter import Source
 from dispatcher.effects import Effects
 from dispatcher.events import CancelRequest, CommandCreated, DeviceState
@@ -78,7 +78,7 @@ async def store_commands(tx: Tx, commands: list[NewCommand], fx: Effects) -> set
     inserted = {r.id for r in rows}
     fx.audit.extend(audit.Entry(c.created_by, audit.CREATE, c.id, c.aos_device, c.organization)
                     for c in commands if c.id in inserted)
-    await held.apply_held(tx, sorted(inserted), fx)
+    await held.apply_held(tx, sorted(inserted), fx, REPLAY)
     return inserted
 
 
@@ -151,3 +151,7 @@ async def apply_cancels(
     if targets:
         fx.cancelled(await tx.cancel_commands(targets))
     await held.hold(tx, "cancel", to_hold, fx, hold_unknown)
+
+
+REPLAY = held.Appliers(acks=acks.apply_acks, cancels=apply_cancels)
+"""How held acks and cancels are applied when their command is there (``held.replay``)."""

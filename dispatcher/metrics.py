@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -183,12 +182,10 @@ class Metrics:
             age = (datetime.now(UTC) - created_at).total_seconds()
             self.first_push.labels(provider).observe(max(age, 0.0))
 
-    def transitions(self, rows: Iterable[Any], now: datetime | None = None) -> None:
-        """Count transitions: :class:`Transition` records, or driver rows with ``command``,
-        ``status`` and ``created_at`` (the push module's, until it moves to typed methods)."""
+    def transitions(self, moved: Iterable[Transition], now: datetime | None = None) -> None:
+        """Count transitions (and the age of those that end their command)."""
         moment = now or datetime.now(UTC)
-        for row in rows:
-            t = Transition.of(row)
+        for t in moved:
             command, status = t.command, t.status
             if status == t.previous:
                 continue

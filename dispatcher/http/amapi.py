@@ -187,11 +187,11 @@ async def _device(request: web.Request, principal: auth.Principal) -> Any:
     token covers now (where a new command goes), or 404."""
     enterprise = hex_id(request, "enterpriseId")
     device_id = hex_id(request, "deviceId")
-    rows = await store_of(request).fetch("get_device", device_id)
-    if (not rows or rows[0]["aos_enterprise"] != enterprise
-            or not principal.covers(rows[0]["organization"])):
+    device = await store_of(request).get_device(device_id)
+    if (device is None or device["aos_enterprise"] != enterprise
+            or not principal.covers(device["organization"])):
         raise _not_found()
-    return rows[0]
+    return device
 
 
 async def _operation_row(request: web.Request, principal: auth.Principal) -> Any:
@@ -201,12 +201,11 @@ async def _operation_row(request: web.Request, principal: auth.Principal) -> Any
     enterprise = hex_id(request, "enterpriseId")
     device_id = hex_id(request, "deviceId")
     op = hex_id(request, "operationId")
-    rows = await store_of(request).fetch("get_command", op)
-    if (not rows or rows[0]["aos_device"] != device_id
-            or rows[0]["aos_enterprise"] != enterprise
-            or not principal.covers(rows[0]["organization"])):
+    row = await store_of(request).get_command(op)
+    if (row is None or row["aos_device"] != device_id or row["aos_enterprise"] != enterprise
+            or not principal.covers(row["organization"])):
         raise _not_found("Operation")
-    return rows[0]
+    return row
 
 
 async def issue_command(request: web.Request) -> web.Response:

@@ -184,19 +184,19 @@ def _scope(request: web.Request, permission: str) -> tuple[auth.Principal, str, 
 
 async def _device(request: web.Request, org: str, device_id: str) -> Any:
     """The registered device of the organization, or 404 3001."""
-    rows = await store_of(request).fetch("get_device", device_id)
-    if not rows or rows[0]["organization"] != org:
+    device = await store_of(request).get_device(device_id)
+    if device is None or device["organization"] != org:
         raise not_found()
-    return rows[0]
+    return device
 
 
 async def _command(request: web.Request, org: str, device_id: str) -> Any:
     """The command of the path, which must belong to the device and organization."""
     cid = hex_id(request, "commandId")
-    rows = await store_of(request).fetch("get_command", cid)
-    if not rows or rows[0]["aos_device"] != device_id or rows[0]["organization"] != org:
+    row = await store_of(request).get_command(cid)
+    if row is None or row["aos_device"] != device_id or row["organization"] != org:
         raise not_found()
-    return rows[0]
+    return row
 
 
 async def create(request: web.Request) -> web.Response:

@@ -36,10 +36,8 @@ from dispatcher.http.common import (
 )
 from dispatcher.ingest import NewCommand, new_command, store_commands
 from dispatcher.lifecycle import effective_duration
-from dispatcher.store import QUERIES
 
 if TYPE_CHECKING:
-    import asyncpg
 
     from dispatcher.runtime import Runtime
 
@@ -51,9 +49,8 @@ async def list_page(request: web.Request, device: str, *, organizations: list[st
     """One page of a device's commands, newest first, and the cursor of the next page
     (``organizations``: only commands of these, by the command's own organization)."""
     after_at, after_id = decode_cursor(cursor, cursor_name)
-    rows = await store_of(request).fetch(
-        "api_list_commands", device, organizations, enterprise, status, after_at, after_id,
-        limit + 1)
+    rows = await store_of(request).api_list_commands(
+        device, organizations, enterprise, status, after_at, after_id, limit + 1)
     page = list(rows[:limit])
     return page, (encode_cursor(page[-1]) if len(rows) > limit else None)
 
@@ -123,9 +120,9 @@ async def _insert(rt: Runtime, store: Any, cmd: NewCommand, cid: str) -> tuple[s
     """Store the command (a duplicate id inserts nothing) and act on the effects once
     committed: (the ids inserted, the stored row of ``cid``)."""
     fx = Effects()
-    async with store.transaction() as conn:
-        inserted = await store_commands(conn, [cmd], fx)
-        row = await conn.fetchrow(QUERIES["get_command"], cid)
+    async with store.transaction() as tx:
+        inserted = await store_commands(tx, [cmd], fx)
+        row = await tx.get_command(cid)
     rt.on_effects(fx)
     return inserted, row
 
@@ -145,11 +142,11 @@ async def cancel_command(request: web.Request, principal: auth.Principal, row: A
     is already finished."""
     rt = runtime(request)
     fx = Effects()
-    async with store_of(request).transaction() as conn:
-        moved = await conn.fetch(QUERIES["cancel_commands"], [row["id"]],
-                                 [principal.subject or None])
-        fx.cancelled(list(moved))
-        after: asyncpg.Record = await conn.fetchrow(QUERIES["get_command"], row["id"])
+    async with store_of(request).transaction() as tx:
+        moved = await tx.cancel_commands({row["id"]: principal.subject or None})
+        fx.cancelled(moved)
+        after = await tx.get_command(row["id"])
+    assert after is not None  # read in the transaction that found it
     rt.on_effects(fx)
     if not moved:
         raise ApiError(409, Code.NOT_OPEN, f"Command is already {after['status']}",

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TypeVar
 
 from dispatcher.aio import Backoff, retrying, wait_any
 from dispatcher.config import Settings
@@ -25,6 +26,9 @@ from dispatcher.exceptions import StoreUnavailable
 from dispatcher.metrics import Metrics
 from dispatcher.push.limits import ClaimGate
 from dispatcher.store import Store
+from dispatcher.store.records import ClaimedPush, PushAnswer
+
+T = TypeVar("T")
 
 log = logging.getLogger("dispatcher.push")  # the push path logs as one logger, as before
 
@@ -34,8 +38,6 @@ _ANSWER_BATCH = 500
 """Most accepted pushes one statement records."""
 _RECORD_BACKOFF = Backoff(0.2, 2.0, attempts=21)
 """Writing an answer: 20 retries through an outage, then the lease retries the push."""
-WAKING_QUERIES = frozenset({"push_accepted", "push_accepted_many", "push_rejected"})
-"""Answers that wake the device's next parked command (see :class:`ClaimGate`)."""
 
 
 def repeat_bound(concurrency: int) -> int:
@@ -100,51 +102,60 @@ class AnswerRecorder:
             if not self._accepted:
                 self._ready.clear()
             batch.sort()  # lock rows in id order, like every other batch
-            rows = await self.record(
-                "push_accepted_many", [b.command_id for b in batch], [b.push_id for b in batch],
-                [b.expires_at for b in batch], self.settings.repush_after_s,
-                self.settings.repush_max + 1, [b.claim for b in batch])
-            if any(r["woken"] for r in rows):
+            answers = [PushAnswer(b.command_id, b.push_id, b.expires_at, b.claim) for b in batch]
+            done = await self.record(
+                "push_accepted_many", partial(
+                    self._waking, self.store.push_accepted_many, answers,
+                    self.settings.repush_after_s, self.settings.repush_max + 1))
+            if done is None:
+                continue
+            if done.woken:
                 self.wake.set()  # the devices' next commands may go now
-            _log_stale(batch, {r["stale"] for r in rows if r["stale"]})
+            _log_stale(batch, set(done.stale))
 
-    async def retry(self, row: Any, delay_s: float) -> None:
+    async def retry(self, row: ClaimedPush, delay_s: float) -> None:
         """Hand a claimed push back: due again in ``delay_s`` (guarded by its claim)."""
-        await self.record("push_retry", row["id"], delay_s, row["push_attempts"])
+        await self.record("push_retry", partial(self.store.push_retry, row.id, delay_s,
+                                                row.push_attempts), row.id)
 
     async def recovered(self) -> None:
         """A provider accepts pushes again: the pushes backing off go now."""
-        await self.record("push_recovered")
+        await self.record("push_recovered", self.store.push_recovered)
         self.wake.set()
 
-    async def end_in_error(self, row: Any, error_type: str, message: str) -> None:
+    async def end_in_error(self, row: ClaimedPush, error_type: str, message: str) -> None:
         """End the command ERROR (guarded: a terminal command stays), wake what follows."""
-        moved = await self.record("push_rejected", row["id"], error_type, message[:500],
-                                  row["push_attempts"])
-        self.metrics.transitions(moved)
-        if moved and self.outbox_wake is not None:
+        moved = await self.record("push_rejected", partial(
+            self._waking, self.store.push_rejected, row.id, error_type, message[:500],
+            row.push_attempts), row.id)
+        if moved is None:
+            return
+        self.metrics.transitions([moved.transition])
+        if self.outbox_wake is not None:
             self.outbox_wake.set()
-        if any(r["woke_next"] for r in moved):
+        if moved.woke_next:
             self.wake.set()
 
-    async def record(self, name: str, *args: Any) -> list[Any]:
+    async def record(self, what: str, write: Callable[[], Awaitable[T]],
+                     command_id: str | None = None) -> T | None:
         """Record an answer; keep trying through a database outage (the lease is the bound).
 
         Not cut short by the stop signal: writing the answers of the requests in flight
         is what a graceful stop waits for. ``_RECORD_BACKOFF`` and
-        ``DISPATCHER_SHUTDOWN_TIMEOUT_S`` bound it; an answer given up is pushed again
-        when its lease runs out.
+        ``DISPATCHER_SHUTDOWN_TIMEOUT_S`` bound it; an answer given up (None) is pushed
+        again when its lease runs out.
         """
         try:
-            return await retrying(partial(self._write, name, *args), None,
-                                  retry_on=StoreUnavailable, backoff=_RECORD_BACKOFF)
+            return await retrying(write, None, retry_on=StoreUnavailable,
+                                  backoff=_RECORD_BACKOFF)
         except StoreUnavailable:
             log.error("could not record a push answer; the lease will retry it",
-                      extra={"query": name, "command_id": args[0] if args else None})
-            return []
+                      extra={"query": what, "command_id": command_id})
+            return None
 
-    async def _write(self, name: str, *args: Any) -> list[Any]:
-        if name in WAKING_QUERIES:
-            async with self.gate.shared():
-                return list(await self.store.fetch(name, *args))
-        return list(await self.store.fetch(name, *args))
+    async def _waking(self, write: Callable[..., Awaitable[T]], *args: object) -> T:
+        """An answer that may wake the device's next parked command: under the claim
+        gate's shared side, so no claim runs between its write and the wake-up
+        (:class:`ClaimGate`)."""
+        async with self.gate.shared():
+            return await write(*args)

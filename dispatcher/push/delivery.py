@@ -27,6 +27,7 @@ from dispatcher.push.answers import Accepted, AnswerRecorder
 from dispatcher.push.lanes import OVERFLOW_RETRY_S, Lane, lane_of, report_health
 from dispatcher.push.payload import build_request
 from dispatcher.secretbox import SecretBox
+from dispatcher.store.records import ClaimedPush
 
 log = logging.getLogger("dispatcher.push")  # the push path logs as one logger, as before
 
@@ -45,16 +46,16 @@ class Delivery:
         """Set once the claims have stopped: pushes still waiting for a slot go back."""
         self._sending = 0
 
-    async def push(self, row: Any) -> None:
+    async def push(self, row: ClaimedPush) -> None:
         """Send one claimed push and record the answer; a bug here leaves the lease to retry."""
         claimed_at = time.monotonic()
         try:
             await self._through_lane(row, claimed_at)
         except Exception:
             log.exception("push failed unexpectedly; its lease will retry it",
-                          extra={"command_id": row["id"], "device_id": row["aos_device"]})
+                          extra={"command_id": row.id, "device_id": row.aos_device})
 
-    async def _through_lane(self, row: Any, claimed_at: float) -> None:
+    async def _through_lane(self, row: ClaimedPush, claimed_at: float) -> None:
         lane = lane_of(self.lanes, row)
         if lane is None:
             await self._unavailable(row)
@@ -86,7 +87,7 @@ class Delivery:
             self._sending -= 1
             self.metrics.push_inflight.set(self._sending)
 
-    async def _send(self, row: Any, lane: Lane) -> None:
+    async def _send(self, row: ClaimedPush, lane: Lane) -> None:
         try:
             request = build_request(row, self.box, self.settings.require_sealed_secrets)
         except SecretRefused as exc:
@@ -102,17 +103,17 @@ class Delivery:
         self._observe(lane.name, started, "accepted")
         await self._accepted(row, push_id, lane)
 
-    async def _accepted(self, row: Any, push_id: str, lane: Lane) -> None:
-        self.metrics.pushed(lane.name, row["created_at"], first=not row["pushes"])
+    async def _accepted(self, row: ClaimedPush, push_id: str, lane: Lane) -> None:
+        self.metrics.pushed(lane.name, row.created_at, first=not row.pushes)
         log.debug("push accepted", extra={
-            "command_id": row["id"], "device_id": row["aos_device"],
-            "organization": row["organization"], "push_id": push_id})
+            "command_id": row.id, "device_id": row.aos_device,
+            "organization": row.organization, "push_id": push_id})
         recovered = lane.succeeded()
         report_health(self.lanes, self.metrics)
         # The request slot is free now; the answer is recorded with others in one
         # statement (the command's lease keeps its device blocked until then).
-        self.answers.accepted(Accepted(row["id"], push_id, row["expires_at"],
-                                       row["push_attempts"]))
+        self.answers.accepted(Accepted(row.id, push_id, row.expires_at,
+                                       row.push_attempts))
         if recovered:
             log.info("the push provider accepts pushes again; retrying pushes now",
                      extra={"provider": lane.name})
@@ -122,19 +123,19 @@ class Delivery:
         self.metrics.push_duration.labels(provider).observe(time.monotonic() - started)
         self.metrics.push_requests.labels(provider, outcome).inc()
 
-    async def _unavailable(self, row: Any) -> None:
+    async def _unavailable(self, row: ClaimedPush) -> None:
         """A device naming a provider that is not configured: ERROR, never sent elsewhere."""
         log.warning("push refused: the device's push provider is not configured", extra={
-            "command_id": row["id"], "device_id": row["aos_device"],
-            "organization": row["organization"], "provider": row["push_provider"],
+            "command_id": row.id, "device_id": row.aos_device,
+            "organization": row.organization, "provider": row.push_provider,
             "error_type": "PROVIDER_UNAVAILABLE", "configured": list(self.lanes)})
         await self.answers.end_in_error(row, "PROVIDER_UNAVAILABLE",
                                         PUSH_ERROR_MESSAGES["PROVIDER_UNAVAILABLE"])
 
-    async def _failed(self, row: Any, exc: PushError, lane: Lane) -> None:
-        extra = {"command_id": row["id"], "device_id": row["aos_device"],
-                 "organization": row["organization"], "provider": lane.name,
-                 "error_type": exc.error_type, "attempt": row["push_attempts"]}
+    async def _failed(self, row: ClaimedPush, exc: PushError, lane: Lane) -> None:
+        extra = {"command_id": row.id, "device_id": row.aos_device,
+                 "organization": row.organization, "provider": lane.name,
+                 "error_type": exc.error_type, "attempt": row.push_attempts}
         if exc.retriable:
             await self._retry_later(row, exc, lane, extra)
             return
@@ -142,12 +143,12 @@ class Delivery:
         log.warning("push rejected permanently", extra={**extra, "error": str(exc)})
         await self.answers.end_in_error(row, exc.error_type, exc.public_message)
 
-    async def _retry_later(self, row: Any, exc: PushError, lane: Lane,
+    async def _retry_later(self, row: ClaimedPush, exc: PushError, lane: Lane,
                            extra: dict[str, Any]) -> None:
         lane.failed(exc.retry_after_s)
         if not lane.healthy:
             report_health(self.lanes, self.metrics)
-        delay = retry_delay_s(row["push_attempts"], self.settings.push_backoff_base_s,
+        delay = retry_delay_s(row.push_attempts, self.settings.push_backoff_base_s,
                               self.settings.push_backoff_max_s, exc.retry_after_s)
         if exc.retry_after_s is not None:
             # The provider's Retry-After is a floor for this push and a pause for all.
@@ -156,12 +157,12 @@ class Delivery:
                                                       "retry_in_s": round(delay, 2)})
         await self.answers.retry(row, delay)
 
-    async def _refuse(self, row: Any, exc: SecretRefused) -> None:
+    async def _refuse(self, row: ClaimedPush, exc: SecretRefused) -> None:
         """A push whose secret cannot go (unreadable, or no device key): ERROR, not sent."""
         if isinstance(exc, SecretUnreadable):
             self.metrics.secret_unreadable.inc()
         log.error("push refused: its secret cannot be sent", extra={
-            "command_id": row["id"], "device_id": row["aos_device"],
-            "organization": row["organization"], "error_type": exc.error_type,
+            "command_id": row.id, "device_id": row.aos_device,
+            "organization": row.organization, "error_type": exc.error_type,
             "error": str(exc), "key_ids": self.box.key_ids})
         await self.answers.end_in_error(row, exc.error_type, str(exc))

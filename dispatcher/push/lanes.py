@@ -20,11 +20,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dispatcher.metrics import Metrics
     from dispatcher.push.providers import Provider
+    from dispatcher.store.records import ClaimedPush
 
 UNHEALTHY_AFTER = 5
 """Retriable failures in a row after which a provider counts as failing."""
@@ -93,14 +94,14 @@ def make_lanes(providers: Sequence[Provider], concurrency: int, queue_max: int) 
             for p in providers}
 
 
-def lane_of(lanes: dict[str, Lane], row: Any) -> Lane | None:
+def lane_of(lanes: dict[str, Lane], row: ClaimedPush) -> Lane | None:
     """The lane of a claimed row's device: its pushProvider, or the default.
 
     None when the device names a provider that is not configured (the ``log`` provider,
     a development stand-in, takes every device).
     """
     default = next(iter(lanes.values()))
-    wanted = row.get("push_provider")
+    wanted = row.push_provider
     if wanted is None:
         return default
     return lanes.get(wanted) or (default if default.name == "log" else None)

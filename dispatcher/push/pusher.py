@@ -96,10 +96,10 @@ class Claimer:
         if limit <= 0:
             return 0, 0
         async with self.gate.exclusive():
-            rows = await self.store.fetch("claim_pushes", limit, self.lease_s)
-        claimed = [row for row in rows if row["claimed"]]
+            rows = await self.store.claim_pushes(limit, self.lease_s)
+        claimed = [row for row in rows if row.claimed]
         for row in claimed:
-            if row["reclaimed"]:
+            if row.reclaimed:
                 self.metrics.push_repeats.inc()
             self.slots.start(self.deliver(row))
         return len(rows), len(claimed)

@@ -81,29 +81,9 @@ class Tx(CommandStatements, PushStatements):
         await self.conn.execute(ORDERED_WALK)
         return await self._rows(name, *args)
 
-    # legacy: the connection's own calls, for the HTTP modules until they move to the
-    # typed methods (``routes.py`` runs ``QUERIES[...]`` on what transaction() yields)
-
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """Legacy: for the push and HTTP modules until they move to typed methods."""
-        rows: list[asyncpg.Record] = await self.conn.fetch(sql, *args)
-        return rows
-
-    async def fetchrow(self, sql: str, *args: Any) -> Any:
-        """Legacy: for the push and HTTP modules until they move to typed methods."""
-        return await self.conn.fetchrow(sql, *args)
-
-    async def execute(self, sql: str, *args: Any) -> str:
-        """Legacy: for the push and HTTP modules until they move to typed methods."""
-        status: str = await self.conn.execute(sql, *args)
-        return status
-
 
 class Store(CommandStatements, PushStatements):
-    """The asyncpg pool; the typed statements each run on their own. ``Q`` maps a query
-    name to its SQL."""
-
-    Q = QUERIES
+    """The asyncpg pool; the typed statements each run on their own."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -150,22 +130,6 @@ class Store(CommandStatements, PushStatements):
     async def _walk(self, name: str, *args: Any) -> list[asyncpg.Record]:
         async with self.transaction() as tx:
             return await tx._walk(name, *args)
-
-    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        """Run a named query in a transaction of its own (:data:`WALKS` as ordered walks).
-
-        Legacy: for the push and HTTP modules until they move to typed methods.
-        """
-        if name in WALKS:
-            return await self._walk(name, *args)
-        return await self._rows(name, *args)
-
-    async def execute(self, name: str, *args: Any) -> str:
-        """Run a named statement outside an explicit transaction.
-
-        Legacy: for the push and HTTP modules until they move to typed methods.
-        """
-        return await self._status(name, *args)
 
     async def ping(self) -> bool:
         """Whether the database answers and the schema is migrated."""

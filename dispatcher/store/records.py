@@ -66,12 +66,6 @@ class Transition:
         return cls(row["id"], row["aos_device"], row["command"], row["status"],
                    get("previous"), row["created_at"], get("organization"), get("cancelled_by"))
 
-    @classmethod
-    def of(cls, row: Transition | Row) -> Transition:
-        """The record itself, or the record of a driver row (the push and HTTP modules
-        still hand driver rows over until they move to the typed statements)."""
-        return row if isinstance(row, Transition) else cls.from_row(row)
-
 
 @dataclass(frozen=True, slots=True)
 class DeviceUpsert:

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
-import asyncpg
 import pytest
 
 from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from dispatcher.store import QUERIES
+from dispatcher.store import Store
+from dispatcher.store.records import DeviceUpsert
 from tests.support.api import Register, Token
 from tests.support.events import ENTERPRISE, ORG, hex24
 
@@ -45,13 +45,13 @@ def register(settings: Settings) -> Register:
     async def add(org: str = ORG, enterprise: str = ENTERPRISE, mdm_user: str | None = None,
                   push_token: str | None = "tok", state: str = "ACTIVE") -> str:
         device = hex24()
-        conn = await asyncpg.connect(settings.database_url)
+        store = await Store.connect(settings.database_url, min_size=1, max_size=1)
         try:
-            await conn.fetch(QUERIES["upsert_devices"], [device], [org], [enterprise],
-                             [mdm_user], [f"{push_token}-{device}" if push_token else None],
-                             [state], [datetime.now(UTC)], [None], [None])
+            await store.upsert_devices([DeviceUpsert(
+                device, org, enterprise, mdm_user,
+                f"{push_token}-{device}" if push_token else None, state, datetime.now(UTC))])
         finally:
-            await conn.close()
+            await store.close()
         return device
 
     return add

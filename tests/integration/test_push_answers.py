@@ -26,6 +26,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.push import Pusher, PushRequest
 from dispatcher.secretbox import SecretBox, generate_keys
 from dispatcher.store import Store
+from dispatcher.store.records import PushAnswer
 from tests.support.events import hex24
 from tests.support.wait import wait_for
 
@@ -67,11 +68,11 @@ def short_lease(database_url: str) -> Settings:
 async def due_command(store: Store) -> str:
     """A command due for a push now, to a device with a token."""
     device, command = hex24(), hex24()
-    async with store.transaction() as conn:
-        await conn.execute(
+    async with store.transaction() as tx:
+        await tx.conn.execute(
             "INSERT INTO devices (aos_device, organization, aos_enterprise, push_token, state,"
             " updated_at) VALUES ($1, 'org', 'ent', 'tok-' || $1, 'ACTIVE', now())", device)
-        await conn.execute(
+        await tx.conn.execute(
             "INSERT INTO commands (id, organization, aos_enterprise, aos_device, command,"
             " status, duration_s, expires_at, created_at, updated_at, next_push_at)"
             " VALUES ($1, 'org', 'ent', $2, 'LOCK', 'PENDING', 600,"
@@ -110,8 +111,8 @@ async def test_a_late_answer_leaves_the_claim_that_took_over_alone(
     try:
         await wait_for(lambda: _at_least(provider.requests, 1), what="the first request")
         await wait_for(lambda: lease_ran_out(store, command), what="the lease to run out")
-        (taken,) = await store.fetch("claim_pushes", 10, 60.0)  # the other replica
-        assert (taken["id"], taken["claimed"], taken["reclaimed"]) == (command, True, True)
+        (taken,) = await store.claim_pushes(10, 60.0)  # the other replica
+        assert (taken.id, taken.claimed, taken.reclaimed) == (command, True, True)
         current = await state(store, command)
 
         with caplog.at_level(logging.WARNING, logger="dispatcher.push"):
@@ -126,9 +127,9 @@ async def test_a_late_answer_leaves_the_claim_that_took_over_alone(
                 await wait_for(lambda: _idle(pusher), what="the late answer to be written")
         assert await state(store, command) == current, "a late answer changed the claim"
 
-        rows = await store.fetch("push_accepted_many", [command], ["push-current"],
-                                 [taken["expires_at"]], 0.0, 1, [taken["push_attempts"]])
-        assert not [r for r in rows if r["stale"]]
+        done = await store.push_accepted_many(
+            [PushAnswer(command, "push-current", taken.expires_at, taken.push_attempts)], 0.0, 1)
+        assert not done.stale
         after = await state(store, command)
         assert (after["status"], after["push_id"], after["push_lease_until"],
                 after["pushes"]) == ("PENDING", "push-current", None, 1)
@@ -140,11 +141,11 @@ async def test_a_late_answer_leaves_the_claim_that_took_over_alone(
 async def test_an_answer_after_its_lease_is_recorded_while_nobody_took_the_push(
         short_lease: Settings, store: Store) -> None:
     command = await due_command(store)
-    (claim,) = await store.fetch("claim_pushes", 10, 0.2)
+    (claim,) = await store.claim_pushes(10, 0.2)
     await wait_for(lambda: lease_ran_out(store, command), what="the lease to run out")
-    rows = await store.fetch("push_accepted_many", [command], ["push-late"],
-                             [claim["expires_at"]], 0.0, 1, [claim["push_attempts"]])
-    assert not [r for r in rows if r["stale"]]
+    done = await store.push_accepted_many(
+        [PushAnswer(command, "push-late", claim.expires_at, claim.push_attempts)], 0.0, 1)
+    assert not done.stale
     after = await state(store, command)
     assert (after["push_id"], after["push_lease_until"], after["pushes"]) == (
         "push-late", None, 1)
@@ -152,16 +153,15 @@ async def test_an_answer_after_its_lease_is_recorded_while_nobody_took_the_push(
 
 async def test_a_late_rejection_does_not_end_a_command_claimed_again(store: Store) -> None:
     command = await due_command(store)
-    (first,) = await store.fetch("claim_pushes", 10, 0.2)
+    (first,) = await store.claim_pushes(10, 0.2)
     await wait_for(lambda: lease_ran_out(store, command), what="the lease to run out")
-    (second,) = await store.fetch("claim_pushes", 10, 60.0)
-    moved = await store.fetch("push_rejected", command, "INVALID_TOKEN", "x",
-                              first["push_attempts"])
-    assert moved == []
+    (second,) = await store.claim_pushes(10, 60.0)
+    moved = await store.push_rejected(command, "INVALID_TOKEN", "x", first.push_attempts)
+    assert moved is None
     assert (await state(store, command))["status"] == "PENDING"
-    moved = await store.fetch("push_rejected", command, "INVALID_TOKEN", "x",
-                              second["push_attempts"])
-    assert [r["status"] for r in moved] == ["ERROR"]
+    moved = await store.push_rejected(command, "INVALID_TOKEN", "x", second.push_attempts)
+    assert moved is not None
+    assert moved.transition.status == "ERROR"
 
 
 async def test_a_failing_answer_recorder_stops_the_pusher_loudly(

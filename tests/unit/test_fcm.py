@@ -15,6 +15,7 @@ from dispatcher.push import LogProvider, PushRequest
 from dispatcher.push.fcm import BAD_REQUEST, FCM_ERROR, build_message, classify
 from dispatcher.push.lanes import lane_of, make_lanes
 from dispatcher.push.providers import retry_after_s as parse_retry_after
+from tests.support.push import claimed_push
 
 TOKEN = "fcm-device-token-0123456789"
 
@@ -150,9 +151,9 @@ class Named(LogProvider):
 
 def test_a_device_goes_through_its_provider_the_default_or_none() -> None:
     lanes = make_lanes([Named("pushy"), Named("fcm")], 4, 1)
-    assert lane_of(lanes, {"push_provider": None}) is lanes["pushy"]
-    assert lane_of(lanes, {"push_provider": "fcm"}) is lanes["fcm"]
+    assert lane_of(lanes, claimed_push(push_provider=None)) is lanes["pushy"]
+    assert lane_of(lanes, claimed_push(push_provider="fcm")) is lanes["fcm"]
     only_pushy = make_lanes([Named("pushy")], 4, 1)
-    assert lane_of(only_pushy, {"push_provider": "fcm"}) is None  # never sent elsewhere
+    assert lane_of(only_pushy, claimed_push(push_provider="fcm")) is None  # never sent elsewhere
     log_only = make_lanes([LogProvider()], 4, 1)
-    assert lane_of(log_only, {"push_provider": "fcm"}) is log_only["log"]
+    assert lane_of(log_only, claimed_push(push_provider="fcm")) is log_only["log"]

@@ -18,16 +18,18 @@ from dispatcher.push.lanes import UNHEALTHY_AFTER, health, make_lanes
 from dispatcher.push.limits import Slots
 from dispatcher.push.payload import build_request
 from dispatcher.secretbox import SecretBox, generate_keys, split
+from dispatcher.store.records import ClaimedPush
+from tests.support.push import claimed_push
 
 CMD = "c" * 24
 
 
 def claimed_row(params: dict[str, Any], box: SecretBox, public_key: str | None = None,
-                expires_in_s: float = 600) -> dict[str, Any]:
+                expires_in_s: float = 600) -> ClaimedPush:
     masked, secrets = split(params)
-    return {"id": CMD, "command": "RESET_PASSWORD", "params": masked,
-            "secret": box.seal(CMD, secrets), "public_key": public_key,
-            "push_token": "tok", "expires_at": datetime.now(UTC) + timedelta(seconds=expires_in_s)}
+    return claimed_push(id=CMD, command="RESET_PASSWORD", params=masked,
+                        secret=box.seal(CMD, secrets), public_key=public_key, push_token="tok",
+                        expires_at=datetime.now(UTC) + timedelta(seconds=expires_in_s))
 
 
 def test_the_payload_carries_the_command_and_a_ttl_of_at_least_one_second() -> None:

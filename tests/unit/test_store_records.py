@@ -65,8 +65,6 @@ def test_a_transition_reads_moved_rows_with_or_without_their_optional_columns() 
                  "cancelled_by": "ops"}
     t = Transition.from_row(cancelled)
     assert (t.previous, t.organization, t.cancelled_by) == ("PENDING", "o1", "ops")
-    assert Transition.of(t) is t
-    assert Transition.of(cancelled) == t
 
 
 def test_records_of_the_input_streams_read_their_rows() -> None:

@@ -29,3 +29,13 @@ def test_the_deploy_section_shows_tls_sasl_and_verify_full() -> None:
         assert needed in deploying, needed
     named = set(re.findall(r"\b(DISPATCHER_[A-Z0-9_]+)=", deploying))
     assert named <= {name for name, _, _ in VARIABLES}, named
+
+
+def test_the_layout_names_every_module() -> None:
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    package = Path(__file__).resolve().parents[2] / "dispatcher"
+    missing = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+               if path.name != "__init__.py" and path.name not in layout]
+    missing += [d.name for d in package.iterdir()
+                if d.is_dir() and d.name != "__pycache__" and f"{d.name}/" not in layout]
+    assert not missing, f"README.md's Layout section does not name: {missing}"

@@ -3,12 +3,14 @@ INSERTs (before 010), measured on the same work.
 
 ``python -m bench.status_trigger`` (``TRIGGER_ROWS``, ``TRIGGER_ROUNDS`` to change the
 run). Two databases of one embedded PostgreSQL: ``before`` migrated up to 009 and run
-with the statements as they were (each with its own ``INSERT INTO status_outbox``,
-copied below), ``after`` migrated to the end and run with ``queries.sql``. Each round
-empties both and, on each in turn, inserts :data:`ROWS` new commands in batches of
-:data:`BATCH` (one transaction each, as ingest writes them: ``insert_commands``).
-Printed: the median over the rounds of the seconds and rows per second, and the outbox
-rows each wrote (both must write one event per row).
+with the statements as they were (each with its own ``INSERT INTO status_outbox``, read
+from git at :data:`BEFORE_COMMIT`), ``after`` migrated to the end and run with
+``queries.sql``. Each round empties both and, on each in turn, inserts :data:`ROWS` new
+commands in batches of :data:`BATCH` (one transaction each, as ingest writes them:
+``insert_commands``), then expires them all :data:`EXPIRE_BATCH` at a time as the timer
+does (``expire_due``: the row trigger's case). Printed: the median over the rounds of the
+seconds and rows per second of each phase, and the outbox rows each wrote (both must
+write two events per command: PENDING and EXPIRED).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,7 +29,8 @@ from pathlib import Path
 import asyncpg
 
 from dispatcher.lifecycle import Status
-from dispatcher.store import MIGRATIONS_DIR, QUERIES, Store, migrate, migration_files
+from dispatcher.store import MIGRATIONS_DIR, ORDERED_WALK, QUERIES, Store, migrate, migration_files
+from dispatcher.store.base import load_queries
 from dispatcher.store.records import NewCommand
 
 ROWS = int(os.environ.get("TRIGGER_ROWS", "20000"))
@@ -34,44 +38,21 @@ ROUNDS = int(os.environ.get("TRIGGER_ROUNDS", "3"))
 BATCH = 2000
 """Commands a transaction inserts (``DISPATCHER_BATCH_MAX``'s default)."""
 
-BEFORE_INSERT = """
--- The same id twice is one command: a duplicate inserts nothing and emits nothing.
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
-                         $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::text[],
-                         $17::text[])
-        AS t(id, organization, aos_enterprise, aos_device, mdm_user, command, params, secret,
-             status, duration_s, expires_at, created_at, source, user_name, duration_nanos,
-             created_by, request_hash)
-), inserted AS (
-    INSERT INTO commands (id, organization, aos_enterprise, aos_device, mdm_user, command, params,
-                          secret, status, duration_s, duration_nanos, expires_at, created_at,
-                          updated_at, finished_at, next_push_at, source, user_name,
-                          created_by, request_hash, error_type, error_message)
-    SELECT id, organization, aos_enterprise, aos_device, mdm_user, command, params,
-           CASE WHEN status = 'PENDING' THEN secret END, status, duration_s, duration_nanos,
-           expires_at,
-           created_at, now(),
-           CASE WHEN status <> 'PENDING' THEN now() END,
-           CASE WHEN status = 'PENDING' THEN now() END,
-           source, user_name, created_by, request_hash,
-           CASE status WHEN 'EXPIRED' THEN 'EXPIRED_ON_ARRIVAL'
-                       WHEN 'CANCEL' THEN 'DEVICE_DISENROLLED' END,
-           CASE status WHEN 'EXPIRED' THEN 'the command''s validity had run out when it arrived'
-                       WHEN 'CANCEL' THEN 'the device is disenrolled' END
-    FROM input
-    ON CONFLICT (id) DO NOTHING
-    RETURNING *
-), events AS (
-    INSERT INTO status_outbox (command_id, aos_device, payload)
-    SELECT i.id, i.aos_device, dispatcher_status_event(i.id, i.organization, i.aos_device,
-           i.command,
-           i.status, NULL, i.updated_at, i.push_id, i.error_type, i.error_message,
-           i.created_by, i.cancelled_by) FROM inserted i
-)
-SELECT id, status, command, created_at FROM inserted
-"""
+BEFORE_COMMIT = "e127037"
+"""The last commit before migration 010: its ``queries.sql`` holds the statements with
+their own ``INSERT INTO status_outbox`` (read from git, not copied here)."""
+EXPIRE_BATCH = 5000
+"""Commands one ``expire_due`` statement expires (the timer's batch)."""
+
+
+def before_queries() -> dict[str, str]:
+    """The named statements of :data:`BEFORE_COMMIT` (run from a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    text = subprocess.run(
+        ["git", "-C", str(root), "show", f"{BEFORE_COMMIT}:dispatcher/store/queries.sql"],
+        check=True, capture_output=True, text=True).stdout
+    return load_queries(text)
+
 """``insert_commands`` before migration 010: its own INSERT INTO status_outbox."""
 
 def _commands(n: int) -> list[NewCommand]:
@@ -103,12 +84,31 @@ async def _insert(store: Store, sql: str | None, commands: list[NewCommand]) -> 
     return time.perf_counter() - started
 
 
-async def _round(store: Store, sql: str | None) -> tuple[float, int]:
+async def _expire(store: Store, sql: str | None) -> float:
+    """Expire every command (all past their deadline), :data:`EXPIRE_BATCH` a statement,
+    as the timer does: ``expire_due`` of ``queries.sql``, or ``sql`` (the old one)."""
+    await store.pool.execute("UPDATE commands SET expires_at = now() - interval '1 second'")
+    await store.pool.execute("VACUUM ANALYZE commands")
+    started = time.perf_counter()
+    while True:
+        async with store.transaction() as tx:
+            if sql is None:
+                moved = len(await tx.expire_due(EXPIRE_BATCH))
+            else:
+                await tx.conn.execute(ORDERED_WALK)
+                moved = len(await tx.conn.fetch(sql, EXPIRE_BATCH))
+        if not moved:
+            return time.perf_counter() - started
+
+
+async def _round(store: Store, before: dict[str, str] | None) -> tuple[float, float, int]:
     await store.pool.execute("TRUNCATE commands, status_outbox, held_events")
     await store.pool.execute("CHECKPOINT")  # neither side pays the other's writes
-    ingest_s = await _insert(store, sql, _commands(ROWS))
+    old = before or {}
+    ingest_s = await _insert(store, old.get("insert_commands"), _commands(ROWS))
+    expire_s = await _expire(store, old.get("expire_due"))
     events = await store.pool.fetchval("SELECT count(*) FROM status_outbox")
-    return ingest_s, int(events)
+    return ingest_s, expire_s, int(events)
 
 
 async def _databases(admin: str, work: Path) -> tuple[str, str]:
@@ -135,19 +135,23 @@ async def measure(admin: str, work: Path) -> None:
     """Run the rounds on the server of ``admin`` and print the medians."""
     before_dsn, after_dsn = await _databases(admin, work)
     before, after = await Store.connect(before_dsn, 1, 2), await Store.connect(after_dsn, 1, 2)
-    results: dict[str, list[tuple[float, int]]] = {"before": [], "after": []}
+    old = before_queries()
+    results: dict[str, list[tuple[float, float, int]]] = {"before": [], "after": []}
     try:
         for _ in range(ROUNDS):
-            results["before"].append(await _round(before, BEFORE_INSERT))
+            results["before"].append(await _round(before, old))
             results["after"].append(await _round(after, None))
     finally:
         await before.close()
         await after.close()
     for name, runs in results.items():
         ingest = statistics.median(r[0] for r in runs)
+        expire = statistics.median(r[1] for r in runs)
         print(f"{name:6}: ingest {ROWS} in {ingest:.3f}s ({ROWS / ingest:,.0f}/s, median of "
-              f"{[round(r[0], 3) for r in runs]}), outbox rows {[r[1] for r in runs]}")
-    assert QUERIES["insert_commands"] != BEFORE_INSERT.strip()
+              f"{[round(r[0], 3) for r in runs]}); expire them in {expire:.3f}s "
+              f"({ROWS / expire:,.0f}/s, median of {[round(r[1], 3) for r in runs]}); "
+              f"outbox rows {[r[2] for r in runs]} (two events a command)")
+    assert QUERIES["insert_commands"] != old["insert_commands"]
 
 
 def main() -> None:

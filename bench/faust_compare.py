@@ -25,6 +25,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.harness import consume_rate
+
 N = int(os.environ.get("FAUST_COMPARE_N", "200000"))
 PAYLOAD = b'{"id":"%024x","organization":"5f1e2d3c4b5a69788796a5b4","command":"LOCK",' + \
     b'"params":{"message":"compare"},"duration":600,' + b'"pad":"' + b"x" * 150 + b'"}'
@@ -61,19 +63,7 @@ async def aiokafka_rate(bootstrap: str, topic: str, n: int) -> float:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id="cmp-aiokafka",
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **TIMEOUTS)
-    await consumer.start()
-    try:
-        seen, first = 0, 0.0
-        while seen < n:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for records in batch.values():
-                first = first or time.perf_counter()
-                seen += len(records)
-            if batch:
-                await consumer.commit()
-        return n / (time.perf_counter() - first)
-    finally:
-        await consumer.stop()
+    return await consume_rate(consumer, n)
 
 
 def run_worker(bootstrap: str, topic: str, n: int, mode: str, timeout_s: float) -> str:

@@ -128,6 +128,25 @@ class Service:
     samples: list[float] = field(default_factory=list)
 
 
+async def consume_rate(consumer: AIOKafkaConsumer, n: int) -> float:
+    """Start ``consumer``, read ``n`` records (committing each batch) and stop it; the
+    records a second from the first one read."""
+    await consumer.start()
+    try:
+        seen, first = 0, 0.0
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                if not first and records:
+                    first = time.perf_counter()
+                seen += len(records)
+            if batch:
+                await consumer.commit()
+        return n / (time.perf_counter() - first)
+    finally:
+        await consumer.stop()
+
+
 class Harness:
     """Servers for the whole run, and one measured phase per method."""
 
@@ -312,20 +331,7 @@ class Harness:
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     session_timeout_ms=6000, heartbeat_interval_ms=1000,
                                     rebalance_timeout_ms=6000)
-        await consumer.start()
-        try:
-            seen, first = 0, 0.0
-            while seen < n:
-                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-                for records in batch.values():
-                    if not first and records:
-                        first = time.perf_counter()
-                    seen += len(records)
-                if batch:
-                    await consumer.commit()
-            return n / (time.perf_counter() - first)
-        finally:
-            await consumer.stop()
+        return await consume_rate(consumer, n)
 
     async def raw_copy(self, dsn: str, events: list[dict[str, Any]]) -> float:
         conn = await asyncpg.connect(dsn)

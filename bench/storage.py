@@ -60,8 +60,10 @@ class Run:
     sizes: list[tuple[float, int, int]] = field(default_factory=list)
     remove_s: float = 0.0
     removing: bool = False
+    seconds: float = 0.0
 
-    def report(self, window_s: float, seconds: float) -> str:
+    def report(self, window_s: float) -> str:
+        seconds = self.seconds
         steady = [s for s in self.sizes if s[0] >= 2 * window_s] or self.sizes
         first, last = steady[0], steady[-1]
         p = statistics.quantiles(self.write_ms, n=100)
@@ -79,7 +81,7 @@ class Run:
 
 
 async def churn(dsn: str, run: Run, table: str, rows: int, rate: int,
-                remove: asyncio.Task[None] | None) -> float:
+                remove: asyncio.Task[None] | None) -> None:
     """Write ``rows`` finished commands at ``rate`` a second; sample the table's size."""
     conn = await asyncpg.connect(dsn)
     # the table's churn alone, as measured before migration 010: its status trigger
@@ -110,7 +112,7 @@ async def churn(dsn: str, run: Run, table: str, rows: int, rate: int,
             remove.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await remove
-    return time.monotonic() - started
+    run.seconds = time.monotonic() - started
 
 
 DEFAULTS = ("ALTER TABLE commands RESET (autovacuum_vacuum_scale_factor, "
@@ -141,10 +143,9 @@ async def delete_design(dsn: str, rows: int, rate: int, window_s: float,
             run.removing = False
 
     try:
-        took = await churn(dsn, run, "commands", rows, rate, asyncio.create_task(remover()))
+        await churn(dsn, run, "commands", rows, rate, asyncio.create_task(remover()))
     finally:
         await store.close()
-    print(run.report(window_s, took), flush=True)
     return run
 
 
@@ -186,10 +187,9 @@ async def partition_design(dsn: str, rows: int, rate: int, window_s: float) -> R
 
     await ensure_parts()
     try:
-        took = await churn(dsn, run, "pcommands", rows, rate, asyncio.create_task(remover()))
+        await churn(dsn, run, "pcommands", rows, rate, asyncio.create_task(remover()))
     finally:
         await conn.close()
-    print(run.report(window_s, took), flush=True)
     return run
 
 
@@ -212,7 +212,8 @@ async def main() -> None:
             await conn.close()
             dsn = admin.rpartition("/")[0] + f"/storage_{name}"
             await migrate(dsn)
-            await design(dsn, rows, rate, window_s)
+            run = await design(dsn, rows, rate, window_s)
+            print(run.report(window_s), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,12 +116,7 @@ def dev_jwt_secret(settings: Settings) -> str:
     """The configured secret, else the one `dispatcher dev` keeps under .dev/."""
     if settings.jwt_secret:
         return settings.jwt_secret
-    path = Path(settings.dev_dir) / "jwt_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return _dev_secret(settings, "jwt_secret", lambda: secrets.token_urlsafe(32))
 
 
 def dev_secret_keys(settings: Settings) -> str:
@@ -130,11 +125,17 @@ def dev_secret_keys(settings: Settings) -> str:
         return settings.secret_keys
     from dispatcher.secretbox import generate_keys
 
-    path = Path(settings.dev_dir) / "secret_keys"
+    return _dev_secret(settings, "secret_keys", lambda: generate_keys("dev1"))
+
+
+def _dev_secret(settings: Settings, name: str, make: Callable[[], str]) -> str:
+    """The secret kept in .dev/``name``, made (mode 0600) by ``make`` on first use."""
+    path = Path(settings.dev_dir) / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(generate_keys("dev1"))
+        path.write_text(make())
+        path.chmod(0o600)
     return path.read_text().strip()
 
 

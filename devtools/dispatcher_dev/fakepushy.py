@@ -59,7 +59,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
@@ -68,8 +68,10 @@ __all__ = [
     "DEFAULT_RATE_LIMIT_PER_MIN",
     "ERRORS",
     "MAX_TIME_TO_LIVE_S",
+    "Callbacks",
     "FakePushy",
     "PushRecord",
+    "serve_app",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
 """Pushy error code -> (default HTTP status, message). See the module docstring for sources."""
 
 OnPush = Callable[["PushRecord"], Awaitable[None] | None]
+R = TypeVar("R")
 
 
 @dataclass
@@ -234,6 +237,53 @@ def _fill_seen(record: PushRecord, raw: bytes) -> None:
         record.time_to_live = ttl
 
 
+class Callbacks:
+    """A fake's callback on each accepted request (``on_push``, ``on_send``): one task per
+    call, awaited if it returns an awaitable, its failures logged, all cancelled at stop."""
+
+    def __init__(self, logger: logging.Logger, failed: str) -> None:
+        """``failed``: the message logged when a call raises (``%s``: the request's id)."""
+        self._log = logger
+        self._failed = failed
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, callback: Callable[[R], Awaitable[None] | None], record: R,
+              name: str | None) -> None:
+        """Run ``callback(record)`` in a task of its own; ``name`` identifies it in the log."""
+        task = asyncio.get_running_loop().create_task(self._run(callback, record, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, callback: Callable[[R], Awaitable[None] | None], record: R,
+                   name: str | None) -> None:
+        try:
+            result = callback(record)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self._log.exception(self._failed, name)
+
+    async def cancel(self) -> None:
+        """Cancel every pending call and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` without an access log (in-flight requests get 1 s at
+    cleanup); the runner, already cleaned up if the port cannot be bound."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 def _as_list(to: str | list[str]) -> list[str]:
     """Recipients as a list."""
     return [to] if isinstance(to, str) else to
@@ -288,7 +338,7 @@ class FakePushy:
         self.inflight: int = 0
         self.max_inflight: int = 0
         self._window: deque[float] = deque()
-        self._callbacks: set[asyncio.Task[None]] = set()
+        self._callbacks = Callbacks(log, "fakepushy on_push callback failed for push %s")
         self._runner: web.AppRunner | None = None
         self.url: str = ""
         self.app = web.Application()
@@ -306,14 +356,7 @@ class FakePushy:
         """Serve on ``host:port`` (0 picks a free port); return the base URL."""
         if self._runner is not None:
             raise RuntimeError("FakePushy is already started")
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = runner = await serve_app(self.app, host, port)
         bound_port = runner.addresses[0][1]
         shown_host = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown_host}:{bound_port}"
@@ -327,7 +370,7 @@ class FakePushy:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        await self._cancel_callbacks()
+        await self._callbacks.cancel()
 
     # -- request handling -------------------------------------------------------------------
 
@@ -423,27 +466,4 @@ class FakePushy:
         record.push_id = str(decision.body["id"])
         self.accepted.append(record)
         if self._on_push is not None:
-            task = asyncio.get_running_loop().create_task(self._run_on_push(record))
-            self._callbacks.add(task)
-            task.add_done_callback(self._callbacks.discard)
-
-    # -- on_push callbacks ------------------------------------------------------------------
-
-    async def _run_on_push(self, record: PushRecord) -> None:
-        """Call ``on_push`` and await it if it returned an awaitable; log its failures."""
-        assert self._on_push is not None
-        try:
-            result = self._on_push(record)
-            if inspect.isawaitable(result):
-                await result
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("fakepushy on_push callback failed for push %s", record.push_id)
-
-    async def _cancel_callbacks(self) -> None:
-        """Cancel every pending ``on_push`` task and wait for them to end."""
-        tasks = list(self._callbacks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            self._callbacks.start(self._on_push, record, record.push_id)

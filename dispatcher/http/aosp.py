@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
-from dispatcher.events import Params
+from dispatcher.events import Params, seconds_or_none
 from dispatcher.http.commands import cancel_command, create_command, list_page
 from dispatcher.http.common import (
     ApiError,
@@ -57,12 +57,7 @@ class CreateCommandRequest(BaseModel):
         default=None, description="Command-specific parameters (at most 4 KB as JSON); "
         "secret keys such as newPassword are never echoed.")
 
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
-            raise ValueError("must be a number of seconds")
-        return value
+    _number = field_validator("duration", mode="before")(seconds_or_none)
 
 
 Absent = SkipJsonSchema[None]

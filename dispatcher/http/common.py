@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from dispatcher import auth, safejson
+from dispatcher import auth, events, safejson
 from dispatcher.exceptions import DispatcherError
 from dispatcher.runtime import Runtime
 
@@ -193,11 +193,7 @@ async def read_json(request: web.Request, required: bool = True) -> dict[str, An
 
 def describe(exc: ValidationError) -> str:
     """A short message naming the fields that failed (never their values)."""
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)[:1000]
+    return events.describe(exc, "body")
 
 
 def validate(model: type[M], value: Any) -> M:

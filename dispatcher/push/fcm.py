@@ -27,7 +27,7 @@ import requests
 from google.oauth2 import service_account
 
 from dispatcher.exceptions import PushError
-from dispatcher.push.providers import PushRequest
+from dispatcher.push.providers import HttpSession, PushRequest
 from dispatcher.push.providers import retry_after_s as parse_retry_after  # Pushy's reading
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -198,15 +198,7 @@ class FcmProvider:
                  concurrency: int) -> None:
         self.tokens = tokens
         self._url = f"{api_url.rstrip('/')}/v1/projects/{tokens.project_id}/messages:send"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._limit = concurrency
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._session
+        self._http = HttpSession(timeout_s, concurrency)
 
     async def send(self, request: PushRequest) -> str:
         """Send one message; a 401 renews the access token and sends it once more."""
@@ -223,7 +215,7 @@ class FcmProvider:
     async def _post(self, body: dict[str, Any], token: str) -> tuple[int, Any, float | None]:
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            async with self._client().post(self._url, json=body, headers=headers) as response:
+            async with self._http.get().post(self._url, json=body, headers=headers) as response:
                 try:
                     payload = await response.json(content_type=None)
                 except ValueError:
@@ -240,7 +232,5 @@ class FcmProvider:
 
     async def close(self) -> None:
         """Close the HTTP session and the token endpoint's connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
         self.tokens.close()

@@ -46,6 +46,29 @@ class Provider(Protocol):
         """Release connections."""
 
 
+class HttpSession:
+    """A provider's HTTP session, opened on first use (inside the event loop): at most
+    ``concurrency`` connections, kept alive 60 s, each request bounded by ``timeout_s``."""
+
+    def __init__(self, timeout_s: float, concurrency: int) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._limit = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        """The session, opened now if it is not open."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session (a later request opens a new one)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class PushyProvider:
     """Pushy's REST API: ``POST /push?api_key=...`` with ``to``, ``data``, ``time_to_live``."""
 
@@ -54,21 +77,13 @@ class PushyProvider:
     def __init__(self, base_url: str, api_key: str, timeout_s: float, concurrency: int) -> None:
         self._url = base_url.rstrip("/") + "/push"
         self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-        self._limit = concurrency
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._session
+        self._http = HttpSession(timeout_s, concurrency)
 
     async def send(self, request: PushRequest) -> str:
         """POST one push; classify every failure as retriable or permanent."""
         body = {"to": request.token, "data": request.data, "time_to_live": request.ttl_s}
         try:
-            async with self._client().post(
+            async with self._http.get().post(
                 self._url, params={"api_key": self._api_key}, json=body
             ) as response:
                 payload = await _json_or_empty(response)
@@ -79,9 +94,7 @@ class PushyProvider:
 
     async def close(self) -> None:
         """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
 
 async def _json_or_empty(response: aiohttp.ClientResponse) -> dict[str, Any]:

@@ -32,15 +32,15 @@ from typing import Any
 
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.push import repeat_bound
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
-from dispatcher_dev.fakepushy import FakePushy, PushRecord
+from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import PgServer, statuses
-from tests.support.events import ORG, ack_event, command_event, device_event, hex24, iso
+from tests.support.events import ORG, command_event, device_event, hex24, iso
 from tests.support.fakes import accepted_at_least
+from tests.support.faults import Gateway, Plan
 from tests.support.figures import report
 from tests.support.kafka import Kafka
 from tests.support.lifecycle import check, histories
@@ -48,6 +48,7 @@ from tests.support.process import (
     DISPATCHER,
     PUSHY_KEY,
     Service,
+    metric_sum,
     service_env,
     stop_process,
     wait_ready,
@@ -73,15 +74,6 @@ VICTIM = "c"
 STOPPED = "b"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What the device answers to a command's first push, and where the command ends."""
-
-    acks: tuple[str, ...]
-    duration: int
-    final: str
-
-
 def plan_for(i: int) -> Plan:
     kind = i % 20
     if kind < 11:
@@ -95,30 +87,6 @@ def plan_for(i: int) -> Plan:
     if kind < 19:
         return Plan((), 2 + i % 3, "EXPIRED")
     return Plan(("RECEIVED",), 3, "EXPIRED")
-
-
-@dataclass
-class Gateway:
-    """The device side: answers each command's first accepted push as its plan says."""
-
-    kafka: Kafka
-    plans: dict[str, Plan] = field(default_factory=dict)
-    devices: dict[str, str] = field(default_factory=dict)
-    answered: set[str] = field(default_factory=set)
-
-    async def on_push(self, record: PushRecord) -> None:
-        cid = str(record.data.get("commandId"))
-        plan = self.plans.get(cid)
-        if plan is None or cid in self.answered:
-            return
-        self.answered.add(cid)
-        await asyncio.sleep(DEVICE_DELAY_S)
-        for status in plan.acks:
-            extra: dict[str, Any] = (
-                {"errorType": "APP_FAILED", "errorMessage": "the app refused"}
-                if status == "ERROR" else {})
-            await self.kafka.send("device-acks",
-                                  ack_event(cid, self.devices[cid], status, **extra))
 
 
 @dataclass
@@ -139,12 +107,7 @@ async def metric(svc: Service, name: str, **labels: str) -> float:
     """Sum of a metric's samples on one replica whose labels include ``labels``."""
     status, text = await svc.get("/metrics")
     assert status == 200
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                total += sample.value
-    return total
+    return metric_sum(text, name, labels)
 
 
 async def start_replica(name: str, env: dict[str, str], log_dir: Any, kafka: Kafka,
@@ -165,7 +128,7 @@ async def cluster(kafka_bootstrap: str, pg_server: PgServer,
     prefix = f"rep{secrets.token_hex(4)}."
     kafka = Kafka(kafka_bootstrap, prefix)
     await kafka.start()
-    gateway = Gateway(kafka)
+    gateway = Gateway(kafka, delay_s=DEVICE_DELAY_S)
     pushy = FakePushy(PUSHY_KEY, on_push=gateway.on_push)
     pushy.latency_s = PUSH_LATENCY_S
     env = service_env(

@@ -17,23 +17,15 @@ from dispatcher_dev.devstack import EmbeddedKafka, EmbeddedPostgres
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
     """A broker for this module alone (heavy traffic, or a proxy in front)."""
-    kafka = EmbeddedKafka(log_path=tmp_path_factory.mktemp("fault-kafka") / "tansu.log")
-    kafka.start()
-    try:
+    with EmbeddedKafka(log_path=tmp_path_factory.mktemp("fault-kafka") / "tansu.log") as kafka:
         yield kafka
-    finally:
-        kafka.stop()
 
 
 @pytest.fixture(scope="module")
 def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server for this module alone (restarted or proxied)."""
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("fault-pg") / "data", fast=True)
-    pg.start()
-    try:
+    with EmbeddedPostgres(tmp_path_factory.mktemp("fault-pg") / "data", fast=True) as pg:
         yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(scope="module")

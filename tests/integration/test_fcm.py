@@ -24,33 +24,19 @@ from dispatcher_dev.fakefcm import FakeFcm, MessageRecord
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import statuses
 from tests.support.events import command_event, device_event, hex24
+from tests.support.fixtures import fresh_db, fresh_kafka, serving_fcm
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running
 from tests.support.wait import wait_for
 
-
-@pytest.fixture
-async def kafka(fresh: Settings) -> AsyncIterator[Kafka]:
-    k = Kafka(fresh.kafka_bootstrap, fresh.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
-
-
-@pytest.fixture
-async def db(fresh: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(fresh.database_url)
-    yield conn
-    await conn.close()
+kafka = pytest.fixture(fresh_kafka)  # per test, like the database: see ``fresh``
+db = pytest.fixture(fresh_db)
 
 
 @pytest.fixture
 async def fcm(tmp_path: Path) -> AsyncIterator[FakeFcm]:
-    fake = FakeFcm("dispatcher-test")
-    await fake.start()
-    fake.write_credentials(tmp_path / "service-account.json")
-    yield fake
-    await fake.stop()
+    async with serving_fcm("dispatcher-test", tmp_path / "service-account.json") as fake:
+        yield fake
 
 
 @pytest.fixture

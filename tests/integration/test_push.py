@@ -27,6 +27,7 @@ from dispatcher.exceptions import PUSH_ERROR_MESSAGES
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.support.db import statuses
 from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.fixtures import fresh_db, fresh_kafka
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running
 from tests.support.wait import wait_for
@@ -53,12 +54,8 @@ class TrackingPushy(FakePushy):
                 self.intervals[match.group(1).decode()].append((started, time.monotonic()))
 
 
-@pytest.fixture
-async def kafka(fresh: Settings) -> AsyncIterator[Kafka]:
-    k = Kafka(fresh.kafka_bootstrap, fresh.topic_prefix)
-    await k.start()
-    yield k
-    await k.stop()
+kafka = pytest.fixture(fresh_kafka)  # per test, like the database: see ``fresh``
+db = pytest.fixture(fresh_db)
 
 
 @pytest.fixture
@@ -67,13 +64,6 @@ async def pushy() -> AsyncIterator[TrackingPushy]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-@pytest.fixture
-async def db(fresh: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(fresh.database_url)
-    yield conn
-    await conn.close()
 
 
 def serve(settings: Settings, pushy: FakePushy, **overrides: Any) -> Any:

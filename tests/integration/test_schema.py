@@ -111,29 +111,28 @@ async def test_the_indexes_the_statements_key_exist_with_their_key(
     assert not unused, f"index keys no statement repeats: {unused}"
 
 
+SCHEMA_QUERIES = {
+    "columns": "SELECT table_name, column_name, data_type, is_nullable, column_default "
+               "FROM information_schema.columns WHERE table_schema = 'public' "
+               "ORDER BY table_name, ordinal_position",
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+               "ORDER BY indexname",
+    "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                   "FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
+                   "ORDER BY 1, 2",
+    "functions": "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+                 "WHERE p.pronamespace = 'public'::regnamespace AND p.prokind = 'f' "
+                 "ORDER BY 1, 2",
+    "options": "SELECT relname, reloptions::text FROM pg_class "
+               "WHERE relnamespace = 'public'::regnamespace ORDER BY relname",
+    "migrations": "SELECT version, name, applied_at FROM schema_migrations ORDER BY version",
+}
+
+
 async def schema(conn: asyncpg.Connection) -> dict[str, list[tuple[object, ...]]]:
     """Tables, columns, indexes, constraints, functions and table options of ``public``."""
-    return {
-        "columns": [tuple(r) for r in await conn.fetch(
-            "SELECT table_name, column_name, data_type, is_nullable, column_default "
-            "FROM information_schema.columns WHERE table_schema = 'public' "
-            "ORDER BY table_name, ordinal_position")],
-        "indexes": [tuple(r) for r in await conn.fetch(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
-            "ORDER BY indexname")],
-        "constraints": [tuple(r) for r in await conn.fetch(
-            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
-            "FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
-            "ORDER BY 1, 2")],
-        "functions": [tuple(r) for r in await conn.fetch(
-            "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
-            "WHERE p.pronamespace = 'public'::regnamespace AND p.prokind = 'f' ORDER BY 1, 2")],
-        "options": [tuple(r) for r in await conn.fetch(
-            "SELECT relname, reloptions::text FROM pg_class "
-            "WHERE relnamespace = 'public'::regnamespace ORDER BY relname")],
-        "migrations": [tuple(r) for r in await conn.fetch(
-            "SELECT version, name, applied_at FROM schema_migrations ORDER BY version")],
-    }
+    return {name: [tuple(r) for r in await conn.fetch(sql)]
+            for name, sql in SCHEMA_QUERIES.items()}
 
 
 async def test_migrating_twice_changes_nothing(migrated: Migrated,

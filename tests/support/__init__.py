@@ -5,7 +5,9 @@ Plugins (fixtures, loaded by tests/conftest.py):
 * ``servers``  -- the broker, PostgreSQL, a migrated database, topics and settings per module
   (``fresh``: per test);
 * ``fixtures`` -- the in-process service, its fake Pushy (``pushy.url``), a Kafka client and
-  a test PKI (``pki``).
+  a test PKI (``pki``); for modules whose tests each run on ``fresh``, ``fresh_kafka`` and
+  ``fresh_db`` (``kafka = pytest.fixture(fresh_kafka)``) and a started fake FCM
+  (``serving_fcm``).
 
 Helpers:
 

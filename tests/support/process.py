@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ async def stop_process(proc: asyncio.subprocess.Process,
     return proc.returncode, time.monotonic() - started
 
 
+def metric_sum(text: str, name: str, labels: Mapping[str, str]) -> float:
+    """Sum of a metric's samples in a /metrics text whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
 async def events_of(svc: Service, command_id: str) -> list[dict[str, Any]]:
     return [e for e in await svc.kafka.read("commands.status", timeout_s=0.3)
             if isinstance(e, dict) and e.get("id") == command_id]
@@ -143,13 +154,7 @@ class Dispatcher:
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return proc.returncode if proc else None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        return proc.returncode
+        return (await stop_process(proc, timeout_s))[0]
 
     @property
     def alive(self) -> bool:
@@ -183,9 +188,4 @@ class Dispatcher:
     async def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include ``labels``."""
         _, text = await self.get("/metrics")
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-        return total
+        return metric_sum(text, name, labels)

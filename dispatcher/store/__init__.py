@@ -111,20 +111,33 @@ class Store(CommandStatements, PushStatements):
         await self.pool.close()
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, driver errors wrapped (:func:`boundary`). One that a server
+        going away left mid-operation ("another operation is in progress") is terminated
+        rather than handed back: the pool's reset would not notice, and every later use
+        of it would fail the same way."""
+        with boundary():
+            async with self.pool.acquire() as conn:
+                try:
+                    yield conn
+                except asyncpg.exceptions._base.InternalClientError:
+                    conn.terminate()
+                    raise
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         """A :class:`Tx` inside a transaction; driver errors wrapped (:func:`boundary`)."""
-        with boundary():
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield Tx(conn)
+        async with self._connection() as conn, conn.transaction():
+            yield Tx(conn)
 
     async def _rows(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        with boundary():
-            rows: list[asyncpg.Record] = await self.pool.fetch(QUERIES[name], *args)
+        async with self._connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(QUERIES[name], *args)
         return rows
 
     async def _status(self, name: str, *args: Any) -> str:
-        with boundary():
-            status: str = await self.pool.execute(QUERIES[name], *args)
+        async with self._connection() as conn:
+            status: str = await conn.execute(QUERIES[name], *args)
         return status
 
     async def _walk(self, name: str, *args: Any) -> list[asyncpg.Record]:

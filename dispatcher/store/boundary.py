@@ -52,6 +52,14 @@ def boundary() -> Iterator[None]:
         if "arguments for this query" in str(exc):
             raise  # a statement called with the wrong number of arguments: a bug, not an outage
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+    except asyncpg.exceptions._base.InternalClientError as exc:
+        if "is in progress" not in str(exc):
+            raise
+        # a connection left mid-operation by a server that went away (seen in
+        # tests/faults/test_database_restart.py: "cannot switch to state 15; another
+        # operation (2) is in progress" at BEGIN): an outage; the pool's reset then fails
+        # on it and terminates the connection, so the retry gets a new one
+        raise StoreUnavailable(str(exc)) from exc
     except TRANSIENT as exc:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
     except REJECTED as exc:

@@ -43,3 +43,9 @@ def test_the_store_boundary_tells_bugs_and_bad_arguments_from_outages() -> None:
         raise asyncpg.exceptions._base.DataError("invalid input for query argument $1")
     with pytest.raises(StoreUnavailable), _boundary():
         raise asyncpg.exceptions.InterfaceError("connection is closed")
+    stuck = asyncpg.exceptions._base.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress")
+    with pytest.raises(StoreUnavailable), _boundary():
+        raise stuck  # a connection a dead server left mid-operation: retried
+    with pytest.raises(asyncpg.exceptions._base.InternalClientError), _boundary():
+        raise asyncpg.exceptions._base.InternalClientError("something else")  # a bug

@@ -1,11 +1,11 @@
 """Relay of ``mdm.commands.status``: the transactional outbox, drained to Kafka.
 
 Every transition's status event is written into ``status_outbox`` in the same
-transaction that moves the command (by the trigger on ``commands``, migration 010).
-The relay takes rows in order (one relay at a time, see ``take_outbox``), sends them,
-waits for the broker's acknowledgement and only then deletes them in the same
-transaction. A crash before
-the delete sends them again: status events are at-least-once, never lost.
+transaction that moves the command (migrations 010 and 011: a trigger for new rows, the
+moving statement itself for a change). The relay takes rows in order (one relay at a
+time, see ``take_outbox``), sends them, waits for the broker's acknowledgement and only
+then deletes them in the same transaction. A crash before the delete sends them again:
+status events are at-least-once, never lost.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 -- Every SQL statement of the dispatcher, as named blocks ("-- name: x").
 -- Each transition is one guarded statement: it cannot move a terminal command. Its
--- mdm.commands.status event is written into status_outbox by the triggers on commands
--- (migration 010: a new row, or a row whose status changes), in the same transaction.
+-- mdm.commands.status event is written into status_outbox in the same transaction: a new
+-- row's by the statement trigger on commands (migration 010), a status change's by the
+-- moving statement itself, which ends with one set-based call over the rows it moved
+-- (the "emitted" CTE: dispatcher_emit_moved, migration 011; test_schema.py holds every
+-- statement that sets a status to it). "FROM moved, emitted" joins the one row of that
+-- call, so the call is made whenever a row moved.
 --
 -- Index keys: a clause such as "seq > 0" or "pushes >= 0" is always true; it names the
 -- partial index the statement is meant to use (dispatcher/migrations/002_index_keys.sql). A partial
@@ -63,9 +67,12 @@ WITH target AS (
         next_push_at = NULL, push_lease_until = NULL,
         error_type = 'DEVICE_DISENROLLED', error_message = 'the device was disenrolled'
     FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
-    RETURNING c.id, c.aos_device, c.command, c.status, t.previous, c.created_at
+    RETURNING c.id, c.aos_device, c.command, c.status, t.previous, c.created_at, c AS moved
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m
 )
-SELECT id, aos_device, command, status, previous, created_at FROM moved;
+SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted;
 
 -- name: disenrolled_devices
 -- Which of the devices $1 are disenrolled (their new commands are stored CANCEL).
@@ -113,8 +120,7 @@ WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 -- name: apply_acks
 -- One row per command: its new status (or the same) and, when acks were added, its whole
 -- new (capped) results, dropped count and ack fingerprints (NULL: unchanged), guarded by
--- the status read under lock. A step that keeps the status emits no event (the trigger's
--- WHEN).
+-- the status read under lock. A step that keeps the status emits no event (changed).
 WITH input AS (
     -- results arrive as JSON text and ack_keys as an array literal: a list inside an
     -- array parameter would be taken for an array dimension by the driver
@@ -138,9 +144,13 @@ WITH input AS (
         push_lease_until = CASE WHEN i.status = 'PENDING' THEN c.push_lease_until END
     FROM input i
     WHERE c.id = i.id AND c.status = i.expected
-    RETURNING c.id, c.aos_device, c.command, c.status, i.expected AS previous, c.created_at
+    RETURNING c.id, c.aos_device, c.command, c.status, i.expected AS previous, c.created_at,
+              c AS moved, c.status <> i.expected AS changed
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m WHERE m.changed
 )
-SELECT id, aos_device, command, status, previous, created_at FROM moved;
+SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted;
 
 -- name: cancel_commands
 -- Cancel the commands $1 (distinct ids), each on behalf of its actor in $2 (cancelled_by).
@@ -156,10 +166,13 @@ WITH target AS (
         error_type = NULL, error_message = NULL, cancelled_by = t.actor
     FROM target t WHERE c.id = t.id AND c.status IN ('PENDING', 'RECEIVED')
     RETURNING c.id, c.aos_device, c.organization, c.command, c.status, t.previous,
-              c.created_at, c.cancelled_by
+              c.created_at, c.cancelled_by, c AS moved
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m
 )
 SELECT id, aos_device, organization, command, status, previous, created_at, cancelled_by
-FROM moved;
+FROM moved, emitted;
 
 -- name: command_devices
 SELECT id, aos_device, status FROM commands WHERE id = ANY($1::text[]);
@@ -204,9 +217,12 @@ WITH due AS (
     FROM due d
     WHERE c.id = ANY (ARRAY(SELECT id FROM due)) AND c.id = d.id
       AND c.status IN ('PENDING', 'RECEIVED')
-    RETURNING c.id, c.aos_device, c.command, c.status, d.previous, c.created_at
+    RETURNING c.id, c.aos_device, c.command, c.status, d.previous, c.created_at, c AS moved
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m
 )
-SELECT id, aos_device, command, status, previous, created_at FROM moved;
+SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted;
 
 -- name: claim_pushes
 -- Claim pushes that are due: at most one per device, only the device's oldest unsent
@@ -360,7 +376,11 @@ WITH moved AS (
     SET status = 'ERROR', updated_at = now(), finished_at = now(), secret = NULL,
         next_push_at = NULL, push_lease_until = NULL, error_type = $2, error_message = $3
     WHERE c.id = $1 AND c.status = 'PENDING' AND c.push_attempts = $4::int
-    RETURNING c.id, c.aos_device, c.command, c.status, 'PENDING'::text AS previous, c.created_at
+    RETURNING c.id, c.aos_device, c.command, c.status, 'PENDING'::text AS previous, c.created_at,
+              c AS moved
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m
 ), woken AS (
     UPDATE commands c SET next_push_at = now()
     WHERE c.id = (
@@ -374,7 +394,7 @@ WITH moved AS (
 )
 SELECT id, aos_device, command, status, previous, created_at,
        (SELECT count(*) FROM woken) > 0 AS woke_next
-FROM moved;
+FROM moved, emitted;
 
 -- name: take_outbox
 -- One relay at a time across replicas (a transaction-scoped advisory lock), so status

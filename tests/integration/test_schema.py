@@ -4,7 +4,8 @@ On a fresh database migrated from the package's files: PostgreSQL itself prepare
 named statement of ``queries.sql`` (so every table, column, function and type they use
 exists, with types that fit); the partial indexes whose keys the statements repeat
 ("Index keys", ``queries.sql``) exist and carry their key; migrating again changes
-nothing; every migration file has a number of its own.
+nothing; every migration file has a number of its own; every statement that changes a
+command's status writes its events (``dispatcher_emit_moved``, migration 011).
 """
 
 from __future__ import annotations
@@ -109,6 +110,31 @@ async def test_the_indexes_the_statements_key_exist_with_their_key(
     unused = [key for key in keys.values()
               if not any(squeeze(key) in sql for sql in statements.values())]
     assert not unused, f"index keys no statement repeats: {unused}"
+
+
+MOVES_STATUS = re.compile(r"UPDATE commands c\s+SET status =", flags=re.IGNORECASE)
+STATUS_MOVERS = {"apply_acks", "cancel_commands", "cancel_disenrolled", "expire_due",
+                 "push_rejected"}
+"""The statements that change a status (a new one must join this list, and emit)."""
+
+
+def test_every_statement_that_changes_a_status_writes_its_events() -> None:
+    movers = {name for name, sql in QUERIES.items() if MOVES_STATUS.search(sql)}
+    assert movers == STATUS_MOVERS
+    for name in sorted(movers):
+        sql = squeeze(QUERIES[name])
+        call = "dispatcher_emit_movedarray_aggm.moved,array_aggm.previous"
+        assert call in sql, f"{name} does not emit its moves"
+        assert sql.rstrip(";").endswith("frommoved,emitted"), f"{name} does not join its call"
+
+
+async def test_only_new_rows_reach_a_trigger_on_commands(conn: asyncpg.Connection) -> None:
+    """A status change emits from its statement: no row trigger costs a call per row."""
+    rows = await conn.fetch("SELECT tgname, tgtype FROM pg_trigger "
+                            "WHERE tgrelid = 'commands'::regclass AND NOT tgisinternal")
+    assert [r["tgname"] for r in rows] == ["commands_status_inserted"]
+    row_level = 1  # TRIGGER_TYPE_ROW in pg_trigger.tgtype
+    assert not rows[0]["tgtype"] & row_level
 
 
 SCHEMA_QUERIES = {

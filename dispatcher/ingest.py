@@ -115,6 +115,7 @@ async def apply_devices(
         fx.accept(source)
     if not latest:
         return
+    await tx.lock_devices(sorted(latest))  # a claim parking their commands sees it
     changed = await tx.upsert_devices([
         DeviceUpsert(e.aosDevice, e.organization, e.aosEnterprise, e.mdmUser, e.pushToken,
                      e.state, at, e.publicKey, e.pushProvider) for e, at in latest.values()])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import asyncpg
@@ -77,6 +77,9 @@ class Tx(CommandStatements, PushStatements):
         status: str = await self.conn.execute(QUERIES[name], *args)
         return status
 
+    def _transaction(self) -> AbstractAsyncContextManager[Tx]:
+        return nullcontext(self)
+
     async def _walk(self, name: str, *args: Any) -> list[asyncpg.Record]:
         await self.conn.execute(ORDERED_WALK)
         return await self._rows(name, *args)
@@ -129,6 +132,9 @@ class Store(CommandStatements, PushStatements):
         """A :class:`Tx` inside a transaction; driver errors wrapped (:func:`boundary`)."""
         async with self._connection() as conn, conn.transaction():
             yield Tx(conn)
+
+    def _transaction(self) -> AbstractAsyncContextManager[Tx]:
+        return self.transaction()
 
     async def _rows(self, name: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connection() as conn:

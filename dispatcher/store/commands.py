@@ -26,6 +26,11 @@ def _moved(rows: Sequence[Mapping[str, object]]) -> list[Transition]:
 class CommandStatements(Executor):
     """Devices, commands, acks, cancels, held events, expiry and retention."""
 
+    async def lock_devices(self, devices: Sequence[str]) -> None:
+        """Hold the devices' keys until this transaction ends (before their registry state
+        changes: see ``claim_pushes``)."""
+        await self._rows("lock_devices", list(devices))
+
     async def upsert_devices(self, devices: Sequence[DeviceUpsert]) -> list[DeviceUpserted]:
         """Store the registry state of devices (newer wins); the devices that changed."""
         rows = await self._rows(

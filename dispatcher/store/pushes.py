@@ -8,7 +8,9 @@ name; these are the methods they move to (``claim_pushes``, the ``push_*`` answe
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 import asyncpg
@@ -29,10 +31,37 @@ from dispatcher.store.records import (
 class PushStatements(Executor):
     """Push claims and answers, the status outbox, gauges and the HTTP reads."""
 
+    @abstractmethod
+    def _transaction(self) -> AbstractAsyncContextManager[PushStatements]:
+        """A transaction to run several statements in (the open one, inside a ``Tx``)."""
+
     async def claim_pushes(self, limit: int, lease_s: float) -> list[ClaimedPush]:
-        """Claim due pushes (a lease of ``lease_s``); every row looked at, ``claimed`` or not."""
-        rows = await self._walk("claim_pushes", limit, lease_s)
-        return [ClaimedPush.from_row(r) for r in rows]
+        """Claim due pushes (a lease of ``lease_s``); every row looked at, ``claimed`` or not.
+
+        A command parked for want of a token is re-checked under its device's key: the
+        claim's snapshot may predate a registration whose wake-up, in turn, did not see
+        this park (two transactions, each blind to the other), and the command would
+        wait for the timer's repair. The registration holds the key until it commits
+        (``lock_devices``), so the re-check either sees its token or finds the key taken.
+        """
+        rows = [ClaimedPush.from_row(r) for r in await self._walk("claim_pushes", limit,
+                                                                   lease_s)]
+        tokenless = [r for r in rows if not r.claimed and r.push_token is None]
+        if tokenless:
+            async with self._transaction() as tx:
+                held = await tx.try_lock_devices(sorted({r.aos_device for r in tokenless}))
+                await tx.unpark_registered([r.id for r in tokenless], held)
+        return rows
+
+    async def try_lock_devices(self, devices: Sequence[str]) -> list[str]:
+        """The devices whose key this transaction holds now (taken without waiting)."""
+        return [r["aos_device"] for r in await self._rows("try_lock_devices", list(devices))]
+
+    async def unpark_registered(self, ids: Sequence[str], held: Sequence[str]) -> list[str]:
+        """Let parked commands go whose device has a token now, or whose key (not in
+        ``held``) a registration in progress holds; the ids let go."""
+        rows = await self._rows("unpark_registered", list(ids), list(held))
+        return [r["id"] for r in rows]
 
     async def push_accepted(self, command_id: str, push_id: str,
                             delivery_expires_at: datetime | None, repush_after_s: float,

@@ -29,6 +29,38 @@ SET organization = EXCLUDED.organization, aos_enterprise = EXCLUDED.aos_enterpri
 WHERE d.updated_at <= EXCLUDED.updated_at
 RETURNING aos_device, state, push_token IS NOT NULL AS has_token;
 
+-- name: lock_devices
+-- Before a device's registry state changes, its key is locked until the transaction
+-- ends (all keys in one order: two batches cannot deadlock). A claim that parks a
+-- command for want of a token then re-checks under the same key (try_lock_devices,
+-- unpark_registered): a device registering at the moment its first command is claimed
+-- cannot leave that command parked until the timer's repair.
+SELECT count(*)::int AS n FROM (
+    SELECT pg_advisory_xact_lock(1685287780, k)
+    FROM (SELECT DISTINCT hashtext(d) AS k FROM unnest($1::text[]) AS t(d) ORDER BY k) keys
+) locked;
+
+-- name: try_lock_devices
+-- The devices of $1 whose key this transaction holds now, taken without waiting (a
+-- claim never waits for a registry change, so the two cannot deadlock).
+SELECT d AS aos_device FROM (SELECT DISTINCT d FROM unnest($1::text[]) AS t(d)) devices
+WHERE pg_try_advisory_xact_lock(1685287780, hashtext(d));
+
+-- name: unpark_registered
+-- Commands $1 that a claim parked for want of a token, re-checked under their device's
+-- key ($2: the devices whose key this transaction holds): due now when the device has a
+-- token after all; due again shortly when its key is held by a registry change still in
+-- progress (its wake-up may not see this park); parked otherwise (the device's
+-- registration wakes it, lock_devices).
+UPDATE commands c
+SET next_push_at = CASE WHEN c.aos_device = ANY($2::text[]) THEN now()
+                        ELSE now() + interval '100 milliseconds' END
+WHERE c.id = ANY($1::text[]) AND c.status = 'PENDING' AND c.next_push_at IS NULL
+  AND (NOT c.aos_device = ANY($2::text[]) OR EXISTS (
+        SELECT 1 FROM devices d WHERE d.aos_device = c.aos_device
+          AND d.push_token IS NOT NULL AND d.state = 'ACTIVE'))
+RETURNING c.id;
+
 -- name: wake_devices
 -- The oldest parked command of each of these devices becomes due for a push now (the
 -- rest follow one by one, each woken when the one before it is answered). One past its

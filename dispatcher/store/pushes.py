@@ -44,11 +44,11 @@ class PushStatements(Executor):
         wait for the timer's repair. The registration holds the key until it commits
         (``lock_devices``), so the re-check either sees its token or finds the key taken.
         """
-        rows = [ClaimedPush.from_row(r) for r in await self._walk("claim_pushes", limit,
-                                                                   lease_s)]
-        tokenless = [r for r in rows if not r.claimed and r.push_token is None]
-        if tokenless:
-            async with self._transaction() as tx:
+        async with self._transaction() as tx:  # one: a failed re-check loses no claim
+            rows = [ClaimedPush.from_row(r)
+                    for r in await tx._walk("claim_pushes", limit, lease_s)]
+            tokenless = [r for r in rows if not r.claimed and r.push_token is None]
+            if tokenless:
                 held = await tx.try_lock_devices(sorted({r.aos_device for r in tokenless}))
                 await tx.unpark_registered([r.id for r in tokenless], held)
         return rows

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from typing import Any
 
@@ -64,10 +63,6 @@ class Executor(ABC):
     @abstractmethod
     async def _walk(self, name: str, *args: Any) -> list[asyncpg.Record]:
         """The rows of one of :data:`WALKS`, run with :data:`ORDERED_WALK` in a transaction."""
-
-    @abstractmethod
-    def _transaction(self) -> AbstractAsyncContextManager[Executor]:
-        """A transaction to run several statements in (the open one, inside a :class:`Tx`)."""
 
     async def _row(self, name: str, *args: Any) -> asyncpg.Record | None:
         rows = await self._rows(name, *args)

@@ -62,7 +62,9 @@ class Settings:
         "DISPATCHER_PUSH_CONCURRENCY", 64, "most push requests in flight per process"
     )
     push_rate_per_min: int = _var(
-        "DISPATCHER_PUSH_RATE_PER_MIN", 0, "client-side push rate limit per process (0: none)"
+        "DISPATCHER_PUSH_RATE_PER_MIN", 0,
+        "push requests per minute for all replicas together, per provider, shared through "
+        "PostgreSQL (0: none)"
     )
     push_timeout_s: float = _var(
         "DISPATCHER_PUSH_TIMEOUT_S", 10.0, "timeout of one push request"

@@ -152,9 +152,7 @@ class BatchProcessor:
             )
             await ingest.apply_cancels(tx, parsed.by_kind["commands.cancel"], attempt)
             await acks.apply_acks(tx, parsed.by_kind["device-acks"], attempt)
-            freed = attempt.freed_devices()
-            if freed and await tx.wake_devices(freed):
-                attempt.wake_push = True
+            await ingest.wake_freed(tx, attempt)
         fx.absorb(attempt)
 
     async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:

@@ -28,6 +28,8 @@ class Effects:
     wake_push: bool = False
     wake_outbox: bool = False
     audit: list[audit.Entry] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    """The types of the commands superseded (``dispatcher_commands_superseded_total``)."""
 
     def reject(self, source: Source, reason: str, detail: str) -> None:
         """Dead-letter one input."""
@@ -47,6 +49,7 @@ class Effects:
         self.wake_push |= part.wake_push
         self.wake_outbox |= part.wake_outbox
         self.audit.extend(part.audit)
+        self.superseded.extend(part.superseded)
 
     def freed_devices(self) -> list[str]:
         """Devices whose PENDING command just ended: their next parked command may go."""

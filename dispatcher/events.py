@@ -22,7 +22,7 @@ from pydantic import (
 
 from dispatcher import safejson, sealing
 from dispatcher.exceptions import InvalidEvent
-from dispatcher.lifecycle import MAX_DURATION_S, AckStatus, CommandType, Status
+from dispatcher.lifecycle import MAX_DURATION_S, AckStatus, CommandType, Priority, Status
 
 PARAMS_MAX_BYTES = 4096
 """``params`` must fit a push payload (Pushy's ``data`` limit)."""
@@ -115,6 +115,13 @@ class CommandCreated(_In):
     createdBy: Actor | None = Field(
         default=None, description="who asked for the command (shown as createdBy and in the "
         "audit log); absent: the topic's name")
+    notBefore: Time | None = Field(
+        default=None, description="not pushed before this time; the validity (duration) "
+        "runs from the later of createdAt and notBefore")
+    priority: Priority | None = Field(
+        default=None, description="high, normal or low: which due push goes first across "
+        "devices (absent: high for LOCK, WIPE, START_LOST_MODE, RESET_PASSWORD, DISENROLL; "
+        "normal otherwise)")
 
     _number = field_validator("duration", mode="before")(seconds_or_none)
 

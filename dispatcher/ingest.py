@@ -21,7 +21,7 @@ from dispatcher.store import Tx
 from dispatcher.store.records import DeviceUpsert, NewCommand
 
 __all__ = ["NewCommand", "apply_cancels", "apply_created", "apply_devices", "new_command",
-           "store_commands"]
+           "store_commands", "wake_freed"]
 
 
 def new_command(
@@ -41,7 +41,8 @@ def new_command(
     duration = lifecycle.effective_duration(
         exact_duration if exact_duration is not None else event.duration, default_duration_s)
     seconds, nanos = lifecycle.split_duration(duration)
-    expires_at = lifecycle.deadline(created_at, duration)
+    expires_at = lifecycle.deadline(lifecycle.validity_start(created_at, event.notBefore),
+                                    duration)
     public, secrets = split(event.params)
     return NewCommand(
         id=event.id,
@@ -60,6 +61,8 @@ def new_command(
         source=source,
         user_name=user_name,
         created_by=created_by or event.createdBy,
+        priority=(event.priority or lifecycle.default_priority(event.command)).value,
+        not_before=event.notBefore,
     )
 
 
@@ -75,11 +78,31 @@ async def store_commands(tx: Tx, commands: list[NewCommand], fx: Effects) -> set
     fx.moved(rows)
     if any(r.status == Status.PENDING for r in rows):
         fx.wake_push = True
+        await _queue(tx, [r.id for r in rows if r.status == Status.PENDING], fx)
     inserted = {r.id for r in rows}
     fx.audit.extend(audit.Entry(c.created_by, audit.CREATE, c.id, c.aos_device, c.organization)
                     for c in commands if c.id in inserted)
     await held.apply_held(tx, sorted(inserted), fx, REPLAY)
     return inserted
+
+
+SUPERSEDE_PAIRS = [(newer.value, older.value) for newer, older in lifecycle.supersede_pairs()]
+
+
+async def _queue(tx: Tx, new: list[str], fx: Effects) -> None:
+    """Supersede what the new PENDING commands make moot (and lift the rank of older
+    commands queued before them); their devices' next commands go (:func:`wake_freed`)."""
+    superseded = await tx.queue_new_commands(new, SUPERSEDE_PAIRS)
+    fx.moved(superseded)
+    fx.superseded.extend(r.command for r in superseded)
+
+
+async def wake_freed(tx: Tx, fx: Effects) -> None:
+    """Before a batch commits: the devices whose PENDING command it ended (an ack, a
+    cancel, a superseding command) let their next parked command go."""
+    freed = fx.freed_devices()
+    if freed and await tx.wake_devices(freed):
+        fx.wake_push = True
 
 
 async def apply_created(

@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from dispatcher.lifecycle import CommandType, Status
+from dispatcher.lifecycle import CommandType, Priority, Status
 from dispatcher.store.records import Transition
 
 DEAD_LETTER_REASONS = (
@@ -35,6 +35,8 @@ PUSH_OUTCOMES = (
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _FIRST_PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 3600)
+_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+                 300)
 _COMPLETION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
 
 
@@ -140,6 +142,20 @@ class Metrics:
             "Pushes refused because the command's secret does not decrypt with the configured "
             "keys (the command ends ERROR SECRET_UNREADABLE)", registry=r,
         )
+        self.superseded = Counter(
+            "dispatcher_commands_superseded_total",
+            "Commands made moot by a newer one of their device (CANCEL SUPERSEDED), by type",
+            ["command"], registry=r,
+        )
+        self.pushes_by_priority = Counter(
+            "dispatcher_pushes_total", "Pushes the provider accepted, by command priority",
+            ["priority"], registry=r,
+        )
+        self.push_wait = Histogram(
+            "dispatcher_push_wait_seconds",
+            "From a push being due (created, notBefore, woken, retry time) to its request "
+            "being sent, by command priority", ["priority"], buckets=_WAIT_BUCKETS, registry=r,
+        )
         self.build = Info("dispatcher_build", "Version of the running dispatcher", registry=r)
         self.build.info({"version": _version()})
 
@@ -157,8 +173,12 @@ class Metrics:
         for outcome in PUSH_OUTCOMES:
             self.push_requests.labels(provider, outcome)
         for command in CommandType:
+            self.superseded.labels(command.value)
             for status in Status:
                 self.command_status.labels(command.value, status.value)
+        for priority in Priority:
+            self.pushes_by_priority.labels(priority.value)
+            self.push_wait.labels(priority.value)
 
     def readiness(self, checks: Mapping[str, bool]) -> None:
         """Record the result of a readiness check: one ``dependency_up`` series per check."""

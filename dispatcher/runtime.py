@@ -49,6 +49,8 @@ class Runtime:
         for (kind, outcome), n in fx.held.items():
             self.metrics.held_events.labels(kind, outcome).inc(n)
         self.metrics.transitions(fx.transitions)
+        for command in fx.superseded:
+            self.metrics.superseded.labels(command).inc()
         audit.write(fx.audit)
         if fx.wake_push and self.pusher is not None:
             self.pusher.wake.set()

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from dispatcher import auth
 from dispatcher.http.amapi_models import CommandRequest
-from dispatcher.http.commands import cancel_command, create_command, list_page
+from dispatcher.http.commands import Order, cancel_command, create_command, list_page
 from dispatcher.http.common import (
     ApiError,
     Code,
@@ -128,9 +128,12 @@ def _metadata(row: Any, status: Status) -> dict[str, Any]:
                                 if row["mdm_user"] else None)
     if user:
         meta["userName"] = user
-    for key, column in (("createdBy", "created_by"), ("cancelledBy", "cancelled_by")):
+    for key, column in (("createdBy", "created_by"), ("cancelledBy", "cancelled_by"),
+                        ("priority", "priority")):
         if row[column]:
             meta[key] = row[column]
+    if row["not_before"] is not None:
+        meta["notBefore"] = iso(row["not_before"])
     params = redact(row["params"] or {})
     for key in ("resetPasswordFlags", *PARAM_FIELDS):
         if key in params:
@@ -212,11 +215,13 @@ async def issue_command(request: web.Request) -> web.Response:
     """``POST .../devices/{d}:issueCommand``: a Command in, an Operation out."""
     principal = authorize(request, auth.CREATE)
     device = await _device(request, principal)
-    kind, params, duration = plan(validate(CommandRequest, await read_json(request)))
+    body = validate(CommandRequest, await read_json(request))
+    kind, params, duration = plan(body)
     user = (f"enterprises/{device['aos_enterprise']}/users/{device['mdm_user']}"
             if device["mdm_user"] else None)
     row = await create_command(request, principal, device, kind, params, duration,
-                               source="amapi", user_name=user)
+                               source="amapi", user_name=user,
+                               order=Order(body.notBefore, body.priority))
     return web.json_response(operation(row))
 
 

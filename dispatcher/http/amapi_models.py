@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from dispatcher.events import Time
+from dispatcher.lifecycle import Priority
+
 PACKAGE = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"
 CommandTypeName = Literal[
     "COMMAND_TYPE_UNSPECIFIED", "LOCK", "RESET_PASSWORD", "REBOOT", "RELINQUISH_OWNERSHIP",
@@ -119,6 +122,12 @@ class CommandRequest(_Strict):
     stopLostModeStatus: dict[str, Any] | None = None
     esimStatus: dict[str, Any] | None = None
     requestDeviceInfoStatus: dict[str, Any] | None = None
+    notBefore: Time | None = Field(
+        default=None, description="dispatcher extension (not in the Android Management API): "
+        "not pushed before this RFC 3339 time; the duration runs from then")
+    priority: Priority | None = Field(
+        default=None, description="dispatcher extension: high, normal or low (absent: high "
+        "for LOCK, WIPE, START_LOST_MODE, RESET_PASSWORD; normal otherwise)")
 
 
 class OperationError(BaseModel):

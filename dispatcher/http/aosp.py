@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
-from dispatcher.events import Params, seconds_or_none
-from dispatcher.http.commands import cancel_command, create_command, list_page
+from dispatcher.events import Params, Time, seconds_or_none
+from dispatcher.http.commands import Order, cancel_command, create_command, list_page
 from dispatcher.http.common import (
     ApiError,
     Code,
@@ -32,7 +32,7 @@ from dispatcher.http.common import (
     store_of,
     validate,
 )
-from dispatcher.lifecycle import MAX_DURATION_S, CommandType, Status
+from dispatcher.lifecycle import MAX_DURATION_S, CommandType, Priority, Status
 from dispatcher.secretbox import redact
 
 ORG_PATTERN = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$"
@@ -56,6 +56,12 @@ class CreateCommandRequest(BaseModel):
     params: Params | None = Field(
         default=None, description="Command-specific parameters (at most 4 KB as JSON); "
         "secret keys such as newPassword are never echoed.")
+    notBefore: Time | None = Field(
+        default=None, description="Not pushed before this RFC 3339 time; the duration runs "
+        "from then.")
+    priority: Priority | None = Field(
+        default=None, description="high, normal or low: which due push goes first across "
+        "devices (absent: high for LOCK, RESET_PASSWORD, DISENROLL; normal otherwise).")
 
     _number = field_validator("duration", mode="before")(seconds_or_none)
 
@@ -109,6 +115,10 @@ class CommandRecord(BaseModel):
     cancelledBy: str | Absent = Field(
         default=None, description="who cancelled it: the token's sub, or the cancel event's "
         "cancelledBy, else its topic")
+    priority: Priority | Absent = Field(
+        default=None, description="high, normal or low (the request's, else the type's "
+        "default)")
+    notBefore: str | Absent = Field(default=None, description="not pushed before this time")
 
 
 class CommandAnswer(BaseModel):
@@ -155,6 +165,7 @@ def record(row: Any) -> dict[str, Any]:
         "errorType": row["error_type"], "errorMessage": row["error_message"],
         "updatedAt": iso(row["updated_at"]), "createdAt": iso(row["created_at"]),
         "createdBy": row["created_by"], "cancelledBy": row["cancelled_by"],
+        "priority": row["priority"], "notBefore": iso(row["not_before"]),
     }
     return {key: value for key, value in full.items() if value is not None}
 
@@ -200,7 +211,8 @@ async def create(request: web.Request) -> web.Response:
     body = validate(CreateCommandRequest, await read_json(request))
     device = await _device(request, org, device_id)
     row = await create_command(request, principal, device, body.command, body.params or {},
-                               body.duration, source="http")
+                               body.duration, source="http",
+                               order=Order(body.notBefore, body.priority))
     return ok(record(row))
 
 

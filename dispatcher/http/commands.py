@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,8 @@ from dispatcher.http.common import (
     runtime,
     store_of,
 )
-from dispatcher.ingest import NewCommand, new_command, store_commands
-from dispatcher.lifecycle import effective_duration
+from dispatcher.ingest import NewCommand, new_command, store_commands, wake_freed
+from dispatcher.lifecycle import Priority, effective_duration
 
 if TYPE_CHECKING:
 
@@ -66,17 +67,31 @@ def command_id(organization: str, key: str | None) -> str:
     return hashlib.sha256(f"{organization}\n{key}".encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Where a new command stands among the pushes: ``notBefore`` and ``priority`` (None:
+    at once, the type's default)."""
+
+    not_before: datetime | None = None
+    priority: Priority | None = None
+
+
 def request_fingerprint(source: str, device: str, command: str, params: dict[str, Any],
-                        duration: Decimal) -> bytes:
-    """The canonical form of a create request (dialect, device, type, params, validity)."""
-    return json.dumps([source, device, command, params, str(duration)], sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False).encode()
+                        duration: Decimal, order: Order = Order()) -> bytes:
+    """The canonical form of a create request (dialect, device, type, params, validity,
+    and notBefore and priority when given: a request without them keeps its old form)."""
+    parts: list[Any] = [source, device, command, params, str(duration)]
+    if order != Order():
+        parts.append([order.not_before.isoformat() if order.not_before else None,
+                      order.priority.value if order.priority else None])
+    return json.dumps(parts, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
 
 
 async def create_command(request: web.Request, principal: auth.Principal, device: Any,
                          command: str, params: dict[str, Any],
                          duration: Decimal | float | None, source: str,
-                         user_name: str | None = None) -> Any:
+                         user_name: str | None = None, order: Order = Order()) -> Any:
     """Create a command for a registered device (or find its idempotent twin); its row.
 
     Under strict permissions a destructive type needs its own permission (403). A replay
@@ -86,14 +101,14 @@ async def create_command(request: web.Request, principal: auth.Principal, device
     store = store_of(request)
     key = request.headers.get("Idempotency-Key")
     cid = command_id(device["organization"], key)
-    event = _event(cid, device, command, params, duration)
+    event = _event(cid, device, command, params, duration, order)
     exact = duration if isinstance(duration, Decimal) else None
     cmd = new_command(event, datetime.now(UTC), rt.settings.default_duration_s, rt.box,
                       exact_duration=exact, source=source, user_name=user_name,
                       created_by=principal.subject or None)
     canonical = request_fingerprint(source, cmd.aos_device, command, params,
                                     effective_duration(exact if exact is not None else duration,
-                                                       rt.settings.default_duration_s))
+                                                       rt.settings.default_duration_s), order)
     if key is not None:
         cmd = dataclasses.replace(cmd, request_hash=rt.box.fingerprint(canonical))
     inserted, row = await _insert(rt, store, cmd, cid)
@@ -104,14 +119,15 @@ async def create_command(request: web.Request, principal: auth.Principal, device
 
 
 def _event(cid: str, device: Any, command: str, params: dict[str, Any],
-           duration: Decimal | float | None) -> CommandCreated:
+           duration: Decimal | float | None, order: Order) -> CommandCreated:
     """The request as the ``mdm.commands.created`` event it stands for, or 400 naming the
     field that failed."""
     try:
         return CommandCreated(
             id=cid, organization=device["organization"], aosEnterprise=device["aos_enterprise"],
             aosDevice=device["aos_device"], mdmUser=device["mdm_user"], command=command,
-            params=params, duration=None if duration is None else float(duration))
+            params=params, duration=None if duration is None else float(duration),
+            notBefore=order.not_before, priority=order.priority)
     except ValidationError as exc:
         raise invalid(describe(exc)) from exc
 
@@ -122,6 +138,7 @@ async def _insert(rt: Runtime, store: Any, cmd: NewCommand, cid: str) -> tuple[s
     fx = Effects()
     async with store.transaction() as tx:
         inserted = await store_commands(tx, [cmd], fx)
+        await wake_freed(tx, fx)
         row = await tx.get_command(cid)
     rt.on_effects(fx)
     return inserted, row
@@ -145,6 +162,7 @@ async def cancel_command(request: web.Request, principal: auth.Principal, row: A
     async with store_of(request).transaction() as tx:
         moved = await tx.cancel_commands({row["id"]: principal.subject or None})
         fx.cancelled(moved)
+        await wake_freed(tx, fx)
         after = await tx.get_command(row["id"])
     assert after is not None  # read in the transaction that found it
     rt.on_effects(fx)

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.config import Settings
@@ -65,7 +66,7 @@ class Delivery:
             # table for a moment rather than hold capacity the other providers need.
             await self.answers.retry(row, max(lane.hold_s(), OVERFLOW_RETRY_S))
             return
-        async with lane.slot():
+        async with lane.slot(row.rank):
             waited = time.monotonic() - claimed_at
             hold_s = lane.hold_s()
             if self.stopping or hold_s > 0 or waited > self.settings.push_lease_s * 0.1:
@@ -93,6 +94,9 @@ class Delivery:
         except SecretRefused as exc:
             await self._refuse(row, exc)
             return
+        if row.due_at is not None:  # the database's clock against ours: never below 0
+            waited = (datetime.now(UTC) - row.due_at).total_seconds()
+            self.metrics.push_wait.labels(row.priority).observe(max(waited, 0.0))
         started = time.monotonic()
         try:
             push_id = await lane.provider.send(request)
@@ -105,6 +109,7 @@ class Delivery:
 
     async def _accepted(self, row: ClaimedPush, push_id: str, lane: Lane) -> None:
         self.metrics.pushed(lane.name, row.created_at, first=not row.pushes)
+        self.metrics.pushes_by_priority.labels(row.priority).inc()
         log.debug("push accepted", extra={
             "command_id": row.id, "device_id": row.aos_device,
             "organization": row.organization, "push_id": push_id})

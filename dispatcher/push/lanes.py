@@ -16,6 +16,8 @@ capacity that the other providers' devices are claimed into.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -33,12 +35,50 @@ OVERFLOW_RETRY_S = 1.0
 """How soon a push handed back by a lane without room is due again."""
 
 
+class RankedSlots:
+    """A provider's request slots, handed to waiting pushes best rank first (0 high, 1
+    normal, 2 low), then first come: a LOCK claimed while a backlog of ``low`` pushes
+    waits for slots is sent next, not behind the pushes claimed ahead of it."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def locked(self) -> bool:
+        """No slot is free now."""
+        return self._free <= 0
+
+    async def acquire(self, rank: int = 1) -> None:
+        """Take a slot, waiting for one (behind better ranks) when none is free."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (rank, next(self._order), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed over as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the best waiting push, else to the free ones."""
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
+
+
 @dataclass
 class Lane:
     """One provider's share of the pusher: request slots, failures in a row, pause."""
 
     provider: Provider
-    slots: asyncio.Semaphore
+    slots: RankedSlots
     queue_max: int
     waiting: int = 0
     failures: int = 0
@@ -59,11 +99,12 @@ class Lane:
         return self.slots.locked() and self.waiting >= self.queue_max
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the provider's request slots (counted as waiting until it is free)."""
+    async def slot(self, rank: int = 1) -> AsyncIterator[None]:
+        """Hold one of the provider's request slots (counted as waiting until it is free;
+        better ranks first)."""
         self.waiting += 1
         try:
-            await self.slots.acquire()
+            await self.slots.acquire(rank)
         finally:
             self.waiting -= 1
         try:
@@ -90,7 +131,7 @@ class Lane:
 
 def make_lanes(providers: Sequence[Provider], concurrency: int, queue_max: int) -> dict[str, Lane]:
     """A lane per provider, in configuration order (the first is the default)."""
-    return {p.name: Lane(p, asyncio.Semaphore(concurrency), max(1, queue_max))
+    return {p.name: Lane(p, RankedSlots(concurrency), max(1, queue_max))
             for p in providers}
 
 

@@ -3,59 +3,69 @@
 A claim asks for at most as many rows as there are free request slots (:class:`Slots`:
 ``DISPATCHER_PUSH_CONCURRENCY`` per provider, plus a few claimed ahead), so memory is
 bounded and a backlog of a million pending pushes stays in PostgreSQL.
-``DISPATCHER_PUSH_RATE_PER_MIN`` (:class:`RateLimiter`) is enforced before claiming, so a
-claimed push never waits for it, and a provider's ``Retry-After`` pauses every claim
-until it has passed. Claims and the answers that wake parked commands never overlap in
-one process (:class:`ClaimGate`).
+``DISPATCHER_PUSH_RATE_PER_MIN`` (:class:`RateBudget`, shared by all replicas through
+PostgreSQL) is taken before claiming, so a claimed push never waits for it, and a
+provider's ``Retry-After`` pauses every claim until it has passed. Claims and the
+answers that wake parked commands never overlap in one process (:class:`ClaimGate`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.push.lanes import Lane, hold_s
+
+if TYPE_CHECKING:
+    from dispatcher.store import Store
 
 CLAIM_GATHER_S = 0.005
 """With a backlog, how long to let requests finish before claiming fewer than a batch."""
 
 
-class RateLimiter:
-    """A token bucket: at most ``per_min`` sends a minute, bursts of a tenth of a second's worth.
+class RateBudget:
+    """``DISPATCHER_PUSH_RATE_PER_MIN``: one budget per provider for all replicas together.
 
-    Tokens are taken *before* pushes are claimed, so a claimed push never waits for the
-    limiter while its lease runs out.
+    A token bucket per provider in PostgreSQL (``push_budget``, refilled by the
+    database's clock): a claim takes tokens before it claims, so a claimed push never
+    waits for the limit while its lease runs out, and gives back what it did not use. A
+    replica may use the whole budget while the others are idle, the replicas together
+    never more than it; one that dies holds at most the tokens of the claim it was
+    making (no lease to run out). Bursts hold a tenth of a second's worth (at least one).
     """
 
-    def __init__(self, per_min: int) -> None:
-        self.rate = per_min / 60.0
-        self.capacity = max(1.0, self.rate / 10)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
+    def __init__(self, store: Store, providers: list[str], per_min: int) -> None:
+        self.store = store
+        self.providers = providers
+        self.per_s = per_min / 60.0
+        self.capacity = max(1.0, self.per_s / 10)
+        self._short = 0.0
+        """Fraction of a token short after the last take that granted nothing."""
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+    async def take(self, most: int) -> dict[str, int]:
+        """Up to ``most`` pushes per provider, as the shared budgets allow now."""
+        grants: dict[str, int] = {}
+        short = 1.0
+        for provider in self.providers:
+            budget = await self.store.take_push_budget(provider, most, self.per_s,
+                                                       self.capacity)
+            grants[provider] = budget.granted
+            short = min(short, 1.0 - budget.left)
+        self._short = short
+        return grants
 
-    def take(self, most: int) -> int:
-        """Take up to ``most`` whole tokens now; return how many were taken."""
-        self._refill()
-        taken = min(most, int(self.tokens))
-        self.tokens -= taken
-        return taken
-
-    def give_back(self, n: int) -> None:
-        """Return tokens taken but not used."""
-        self.tokens = min(self.capacity, self.tokens + n)
+    async def give_back(self, grants: dict[str, int], used: dict[str, int]) -> None:
+        """Return what a claim was granted and did not use."""
+        for provider, granted in grants.items():
+            unused = granted - used.get(provider, 0)
+            if unused > 0:
+                await self.store.give_push_budget(provider, unused, self.capacity)
 
     def wait_s(self) -> float:
-        """Seconds until one whole token is available."""
-        self._refill()
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        """After a take that granted nothing: how long until a provider has a token."""
+        return max(self._short, 0.0) / self.per_s
 
 
 def claim_ahead(concurrency: int) -> int:
@@ -72,14 +82,13 @@ class Slots:
     """The claimed pushes in flight and how many more may be claimed now.
 
     Free slots are the request slots of every provider plus :func:`claim_ahead`, less
-    the pushes claimed and not yet answered; the rate limit and the providers' pauses
-    then decide whether, and how many of them, a claim may take now.
+    the pushes claimed and not yet answered; the providers' pauses and rate budgets
+    (:class:`RateBudget`) then decide whether, and how many of them, a claim may take now.
     """
 
-    def __init__(self, concurrency: int, lanes: dict[str, Lane], rate_per_min: int) -> None:
+    def __init__(self, concurrency: int, lanes: dict[str, Lane]) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
         self.lanes = lanes
-        self.limiter = RateLimiter(rate_per_min) if rate_per_min else None
         self.capacity = concurrency * len(lanes) + claim_ahead(concurrency)
         self.min_claim = max(1, concurrency // 8)
 
@@ -113,20 +122,8 @@ class Slots:
         task.add_done_callback(self.tasks.discard)
 
     def pause_s(self) -> float:
-        """How long to wait before claiming: every provider's Retry-After, or the rate limit."""
-        pause = hold_s(self.lanes)
-        if self.limiter is not None:
-            pause = max(pause, self.limiter.wait_s())
-        return pause
-
-    def take(self, free: int) -> int:
-        """How many of ``free`` slots the rate limit lets this claim fill."""
-        return self.limiter.take(free) if self.limiter is not None else free
-
-    def give_back(self, unused: int) -> None:
-        """Return what the rate limit granted and the claim did not use."""
-        if self.limiter is not None:
-            self.limiter.give_back(unused)
+        """How long to wait before claiming: every provider's Retry-After."""
+        return hold_s(self.lanes)
 
 
 class ClaimGate:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
@@ -26,11 +27,12 @@ from dispatcher.exceptions import StoreUnavailable
 from dispatcher.metrics import Metrics
 from dispatcher.push.answers import AnswerRecorder
 from dispatcher.push.delivery import Delivery
-from dispatcher.push.lanes import Lane, health, make_lanes
-from dispatcher.push.limits import ClaimGate, Slots, claim_ahead
+from dispatcher.push.lanes import Lane, health, lane_of, make_lanes
+from dispatcher.push.limits import ClaimGate, RateBudget, Slots, claim_ahead
 from dispatcher.push.providers import Provider
 from dispatcher.secretbox import SecretBox
 from dispatcher.store import Store
+from dispatcher.store.records import ClaimedPush, ClaimOrder
 
 log = logging.getLogger("dispatcher.push")  # the push path logs as one logger, as before
 
@@ -49,6 +51,11 @@ class Claimer:
         self.deliver = deliver
         self.wake = wake
         """Set when pushes may be due: new commands, answers that woke a device."""
+        lanes = list(slots.lanes)
+        self.budget = (RateBudget(store, lanes, settings.push_rate_per_min)
+                       if settings.push_rate_per_min else None)
+        self.cursors = ("", "", "")
+        """Per rank, the organization the round-robin served last (``claim_pushes``)."""
 
     async def run(self, stop: asyncio.Event, poll_s: float) -> None:
         """Claim due pushes into free request slots until ``stop``; back off while the
@@ -76,33 +83,64 @@ class Claimer:
         if pause_s > 0:
             await sleep_unless(stop, pause_s)
             return backlog
-        allowed = slots.take(free)
-        seen = claimed = 0
+        grants = await self.budget.take(free) if self.budget is not None else None
+        allowed = free if grants is None else min(free, sum(grants.values()))
+        if self.budget is not None and allowed <= 0:
+            await sleep_unless(stop, self.budget.wait_s())
+            return backlog
         self.wake.clear()  # before the claim: a wake-up during it is not lost
+        seen, used = 0, dict[str, int]()
         try:
-            seen, claimed = await self.claim(allowed)
+            seen, used = await self.claim(allowed, grants)
         finally:
-            slots.give_back(allowed - claimed)
+            if self.budget is not None and grants is not None:
+                await self.budget.give_back(grants, used)
         if seen < allowed:
             await wait_any(stop, self.wake, timeout_s=poll_s)
+        elif self.budget is not None and not used:
+            # every push looked at waits for an exhausted provider's budget: one token
+            await sleep_unless(stop, 1 / self.budget.per_s)
         return seen >= allowed
 
-    async def claim(self, limit: int) -> tuple[int, int]:
-        """Claim up to ``limit`` due pushes and start sending them.
+    async def claim(self, limit: int,
+                    budgets: dict[str, int] | None = None) -> tuple[int, dict[str, int]]:
+        """Claim up to ``limit`` due pushes and start sending them (``budgets``: how many
+        each rate-limited provider may take).
 
         Return how many due rows were looked at (parked ones included) and how many were
-        claimed; fewer looked at than ``limit`` means nothing more is due now.
+        claimed per provider; fewer looked at than ``limit`` means nothing more is due now.
         """
         if limit <= 0:
-            return 0, 0
+            return 0, {}
+        order = ClaimOrder(self.cursors, budgets, next(iter(self.slots.lanes)))
         async with self.gate.exclusive():
-            rows = await self.store.claim_pushes(limit, self.lease_s)
-        claimed = [row for row in rows if row.claimed]
-        for row in claimed:
+            rows = await self.store.claim_pushes(limit, self.lease_s, order)
+        self.cursors = next_cursors(self.cursors, rows)
+        used: Counter[str] = Counter()
+        for row in rows:
+            if not row.claimed:
+                continue
+            lane = lane_of(self.slots.lanes, row)
+            used[lane.name if lane is not None else ""] += 1
             if row.reclaimed:
                 self.metrics.push_repeats.inc()
             self.slots.start(self.deliver(row))
-        return len(rows), len(claimed)
+        return len(rows), dict(used)
+
+
+def next_cursors(cursors: tuple[str, str, str],
+                 rows: Sequence[ClaimedPush]) -> tuple[str, str, str]:
+    """Where each rank's round-robin resumes: after the organization it served last.
+
+    A claim serves the organizations after the cursor in id order, then wraps around to
+    those up to it; the last served is the highest of the wrapped ones, if any."""
+    out = list(cursors)
+    for rank in range(3):
+        served = {r.organization for r in rows if r.rank == rank}
+        if served:
+            wrapped = [o for o in served if o <= cursors[rank]]
+            out[rank] = max(wrapped) if wrapped else max(served)
+    return out[0], out[1], out[2]
 
 
 def _claim_failed(exc: BaseException, attempt: int, delay: float) -> None:
@@ -123,7 +161,7 @@ class Pusher:
         self.settings = settings
         self.lanes: dict[str, Lane] = make_lanes(providers, concurrency,
                                                  claim_ahead(concurrency))
-        self.slots = Slots(concurrency, self.lanes, settings.push_rate_per_min)
+        self.slots = Slots(concurrency, self.lanes)
         gate, wake = ClaimGate(), asyncio.Event()
         self.answers = AnswerRecorder(settings, store, gate, metrics, wake)
         self.delivery = Delivery(settings, self.lanes, self.answers, metrics, box)

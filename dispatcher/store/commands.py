@@ -68,7 +68,17 @@ class CommandStatements(Executor):
             [x.params for x in c], [x.secret for x in c], [x.status.value for x in c],
             [x.duration_s for x in c], [x.expires_at for x in c], [x.created_at for x in c],
             [x.source for x in c], [x.user_name for x in c], [x.duration_nanos for x in c],
-            [x.created_by for x in c], [x.request_hash for x in c])
+            [x.created_by for x in c], [x.request_hash for x in c], [x.priority for x in c],
+            [x.not_before for x in c])
+        return _moved(rows)
+
+    async def queue_new_commands(self, ids: Sequence[str],
+                                 pairs: Sequence[tuple[str, str]]) -> list[Transition]:
+        """Supersede the older commands the new ones ``ids`` make moot (``pairs``: the
+        (newer, older) types of the rules) and lift the rank of those that stay; the
+        commands superseded."""
+        rows = await self._rows("queue_new_commands", list(ids), [n for n, _ in pairs],
+                                [o for _, o in pairs])
         return _moved(rows)
 
     async def lock_commands(self, ids: Sequence[str]) -> list[LockedCommand]:

@@ -18,7 +18,9 @@ import asyncpg
 from dispatcher.store.base import Executor, affected
 from dispatcher.store.records import (
     Accepted,
+    Budget,
     ClaimedPush,
+    ClaimOrder,
     OpenCount,
     OutboxBacklog,
     OutboxEvent,
@@ -35,8 +37,12 @@ class PushStatements(Executor):
     def _transaction(self) -> AbstractAsyncContextManager[PushStatements]:
         """A transaction to run several statements in (the open one, inside a ``Tx``)."""
 
-    async def claim_pushes(self, limit: int, lease_s: float) -> list[ClaimedPush]:
+    async def claim_pushes(self, limit: int, lease_s: float,
+                           order: ClaimOrder | None = None) -> list[ClaimedPush]:
         """Claim due pushes (a lease of ``lease_s``); every row looked at, ``claimed`` or not.
+
+        ``order``: where the round-robin over organizations resumes, and the providers'
+        rate budgets (none: from the first organization, no budget).
 
         A command parked for want of a token is re-checked under its device's key: the
         claim's snapshot may predate a registration whose wake-up, in turn, did not see
@@ -45,8 +51,11 @@ class PushStatements(Executor):
         (``lock_devices``), so the re-check either sees its token or finds the key taken.
         """
         async with self._transaction() as tx:  # one: a failed re-check loses no claim
-            rows = [ClaimedPush.from_row(r)
-                    for r in await tx._walk("claim_pushes", limit, lease_s)]
+            o = order or ClaimOrder()
+            rows = [ClaimedPush.from_row(r) for r in await tx._walk(
+                "claim_pushes", limit, lease_s, list(o.cursors),
+                list(o.budgets) if o.budgets is not None else None,
+                list(o.budgets.values()) if o.budgets is not None else None, o.default_lane)]
             tokenless = [r for r in rows if not r.claimed and r.push_token is None]
             if tokenless:
                 held = await tx.try_lock_devices(sorted({r.aos_device for r in tokenless}))
@@ -62,6 +71,19 @@ class PushStatements(Executor):
         ``held``) a registration in progress holds; the ids let go."""
         rows = await self._rows("unpark_registered", list(ids), list(held))
         return [r["id"] for r in rows]
+
+    async def take_push_budget(self, provider: str, want: int, per_s: float,
+                               capacity: float) -> Budget:
+        """Take up to ``want`` tokens of a provider's rate budget, shared by all replicas."""
+        for _ in range(2):  # the first take of a provider creates its bucket
+            row = await self._row("take_push_budget", provider, want, per_s, capacity)
+            if row is not None:
+                return Budget.from_row(row)
+        raise AssertionError("push_budget: the bucket was created and is still missing")
+
+    async def give_push_budget(self, provider: str, tokens: int, capacity: float) -> None:
+        """Return tokens a claim took and did not use."""
+        await self._status("give_push_budget", provider, tokens, capacity)
 
     async def push_accepted(self, command_id: str, push_id: str,
                             delivery_expires_at: datetime | None, repush_after_s: float,

@@ -117,31 +117,102 @@ WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
                          $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::text[],
-                         $17::text[])
+                         $17::text[], $18::text[], $19::timestamptz[])
         AS t(id, organization, aos_enterprise, aos_device, mdm_user, command, params, secret,
              status, duration_s, expires_at, created_at, source, user_name, duration_nanos,
-             created_by, request_hash)
+             created_by, request_hash, priority, not_before)
 ), inserted AS (
     INSERT INTO commands (id, organization, aos_enterprise, aos_device, mdm_user, command, params,
                           secret, status, duration_s, duration_nanos, expires_at, created_at,
                           updated_at, finished_at, next_push_at, source, user_name,
-                          created_by, request_hash, error_type, error_message)
+                          created_by, request_hash, error_type, error_message, priority,
+                          push_rank, not_before)
     SELECT id, organization, aos_enterprise, aos_device, mdm_user, command, params,
            CASE WHEN status = 'PENDING' THEN secret END, status, duration_s, duration_nanos,
            expires_at,
            created_at, now(),
            CASE WHEN status <> 'PENDING' THEN now() END,
-           CASE WHEN status = 'PENDING' THEN now() END,
+           CASE WHEN status = 'PENDING' THEN greatest(now(), not_before) END,
            source, user_name, created_by, request_hash,
            CASE status WHEN 'EXPIRED' THEN 'EXPIRED_ON_ARRIVAL'
                        WHEN 'CANCEL' THEN 'DEVICE_DISENROLLED' END,
            CASE status WHEN 'EXPIRED' THEN 'the command''s validity had run out when it arrived'
-                       WHEN 'CANCEL' THEN 'the device is disenrolled' END
+                       WHEN 'CANCEL' THEN 'the device is disenrolled' END,
+           priority, CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END,
+           not_before
     FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id, aos_device, status, command, created_at
 )
 SELECT id, aos_device, status, command, created_at FROM inserted;
+
+-- name: queue_new_commands
+-- Where the new commands $1 stand in their devices' queues. A new command makes an older
+-- PENDING one of its device moot when lifecycle.supersedes says so ($2 newer types, $3
+-- older types, the rules' pairs): the older ends CANCEL SUPERSEDED with a results entry
+-- naming the newest command that superseded it. A new command arriving late (created
+-- before an open one of its device) is superseded the same way. Only pairs with a new
+-- command are looked at (older pairs were settled when their newer one arrived), and a
+-- command whose notBefore is still ahead takes no part yet. An older PENDING command
+-- that stays takes the best rank of the newer ones behind it (a device gets its commands
+-- in creation order: a high LOCK behind a low REBOOT lifts the REBOOT). Rows are locked
+-- in id order, as every statement that locks several commands does.
+-- Every read is a probe by key (LATERAL with OFFSET 0, which the planner cannot flatten
+-- into a join of its choice; = ANY): a join chosen while the table was small (a scan of
+-- every open command) cost 200+ ms per batch at 100,000 rows and held a stolen phone's
+-- LOCK for seconds (make bench, "high LOCK p99").
+WITH devices AS (
+    SELECT DISTINCT n.aos_device FROM unnest($1::text[]) AS i(id)
+    CROSS JOIN LATERAL (SELECT c.aos_device FROM commands c
+                        WHERE c.id = i.id AND c.status = 'PENDING' OFFSET 0) n
+), open AS MATERIALIZED (
+    SELECT o.id, o.aos_device, o.command, o.status, o.created_at, o.seq, o.push_rank,
+           o.id = ANY($1::text[]) AS is_new,
+           (o.not_before IS NULL OR o.not_before <= now()) AS queued
+    FROM devices d CROSS JOIN LATERAL (
+        SELECT * FROM commands o1 WHERE o1.aos_device = d.aos_device
+          AND o1.status IN ('PENDING', 'RECEIVED') AND o1.pushes >= 0 OFFSET 0) o
+), pairs AS (
+    SELECT o.id, o.push_rank, n.id AS newer, n.created_at AS newer_at, n.seq AS newer_seq,
+           n.push_rank AS newer_rank,
+           o.queued AND n.queued AND EXISTS (
+               SELECT 1 FROM unnest($2::text[], $3::text[]) AS r(newer, older)
+               WHERE r.newer = n.command AND r.older = o.command) AS supersedes
+    FROM open o JOIN open n ON n.aos_device = o.aos_device
+     AND (o.created_at, o.seq) < (n.created_at, n.seq)
+    WHERE o.status = 'PENDING' AND (o.is_new OR n.is_new)
+), decided AS (
+    SELECT p.id, (array_agg(p.newer ORDER BY p.newer_at DESC, p.newer_seq DESC)
+                  FILTER (WHERE p.supersedes))[1] AS by, min(p.newer_rank) AS best_rank
+    FROM pairs p GROUP BY p.id
+    HAVING bool_or(p.supersedes) OR min(p.newer_rank) < min(p.push_rank)
+), locked AS (
+    SELECT d.id, d.by, d.best_rank FROM decided d JOIN commands c ON c.id = d.id
+    WHERE c.id = ANY (ARRAY(SELECT id FROM decided))
+    ORDER BY d.id FOR UPDATE OF c
+), lifted AS (
+    UPDATE commands c SET push_rank = l.best_rank
+    FROM locked l WHERE c.id = ANY (ARRAY(SELECT id FROM locked)) AND c.id = l.id
+      AND l.by IS NULL AND c.status = 'PENDING' AND c.push_rank > l.best_rank
+    RETURNING c.id
+), moved AS (
+    UPDATE commands c
+    SET status = 'CANCEL', updated_at = now(), finished_at = now(), secret = NULL,
+        next_push_at = NULL, push_lease_until = NULL, error_type = 'SUPERSEDED',
+        error_message = 'superseded by command ' || l.by,
+        results = c.results || jsonb_build_array(jsonb_build_object(
+            'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+            'errorType', 'SUPERSEDED', 'errorMessage', 'superseded by command ' || l.by,
+            'data', jsonb_build_object('supersededBy', l.by)))
+    FROM locked l WHERE c.id = ANY (ARRAY(SELECT id FROM locked)) AND c.id = l.id
+      AND l.by IS NOT NULL AND c.status = 'PENDING'
+    RETURNING c.id, c.aos_device, c.command, c.status, 'PENDING'::text AS previous,
+              c.created_at, c AS moved
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted;
 
 -- name: lock_commands
 -- The current state of the commands a batch of acks touches, locked in id order
@@ -258,56 +329,97 @@ SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted
 
 -- name: claim_pushes
 -- Claim pushes that are due: at most one per device, only the device's oldest unsent
--- command (or a re-push), never while another push for the device is in flight.
+-- command (or a re-push), never while another push for the device is in flight. A
+-- command whose notBefore has not come yet is not in a device's order (it is not due).
+-- Which due pushes are looked at is dispatcher_due_pushes' choice (migration 012):
+-- rank high, normal, low; organizations take turns within a rank, from the one after
+-- the caller's last served ($3, one per rank).
 -- The claim is a lease: an unanswered claim becomes due again when it runs out.
 -- Rows that cannot go now (no token, or waiting behind an earlier command) are parked.
+-- A provider's rate budget ($4 providers, $5 pushes each may take; $6 the default
+-- provider, of devices that name none) leaves what it does not cover due as it was.
 -- At most $1 rows are looked at, so memory is bounded by the free concurrency; every
 -- row looked at is returned (``claimed`` says which ones to send) so the caller knows
 -- whether more may be due.
-WITH due AS (
-    SELECT c.id FROM commands c
-    WHERE c.status = 'PENDING' AND c.next_push_at IS NOT NULL AND c.push_attempts >= 0
-      AND c.next_push_at <= now() AND c.expires_at > now()
-    ORDER BY c.next_push_at LIMIT $1
-    FOR UPDATE SKIP LOCKED
+WITH due AS MATERIALIZED (
+    SELECT d.id, d.rank FROM dispatcher_due_pushes($1, $3::text[]) d
 ), candidates AS MATERIALIZED (
     SELECT c.id, c.aos_device, c.created_at, c.seq, c.push_lease_until AS old_lease,
+           c.next_push_at AS due_at, due.rank,
            CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
-           dv.public_key, dv.push_provider,
+           dv.public_key, dv.push_provider, coalesce(dv.push_provider, $6::text) AS lane,
            NOT EXISTS (
                SELECT 1 FROM commands o
                WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.pushes >= 0
                  AND o.id <> c.id
                  AND ((o.sent_at IS NULL AND c.sent_at IS NULL
+                       AND (o.not_before IS NULL OR o.not_before <= now())
                        AND (o.created_at, o.seq) < (c.created_at, c.seq))
                       OR o.push_lease_until > now())
            ) AS is_head
-    FROM due JOIN commands c ON c.id = due.id
-    LEFT JOIN devices dv ON dv.aos_device = c.aos_device
+    -- LATERAL ... OFFSET 0 (not flattened into a join of the planner's choice): one index
+    -- probe per due row whatever it believes of the table (a hash join planned while the
+    -- table was small read all of it on every claim)
+    FROM due CROSS JOIN LATERAL (SELECT * FROM commands c1 WHERE c1.id = due.id OFFSET 0) c
+    LEFT JOIN LATERAL (SELECT * FROM devices d1 WHERE d1.aos_device = c.aos_device
+                       OFFSET 0) dv ON true
 ), ranked AS (
     -- the one to send per device: the oldest eligible candidate (a window, not a join,
     -- so the plan stays linear whatever the planner guesses about these CTEs)
     SELECT k.*, (k.is_head AND k.push_token IS NOT NULL AND row_number() OVER (
                PARTITION BY k.aos_device
                ORDER BY (k.is_head AND k.push_token IS NOT NULL) DESC, k.created_at, k.seq
-           ) = 1) AS chosen
+           ) = 1) AS eligible
     FROM candidates k
+), budgeted AS (
+    -- within a provider's budget: the best ranked first
+    SELECT r.*, r.eligible AND (b.quota IS NULL OR row_number() OVER (
+               PARTITION BY r.eligible, r.lane ORDER BY r.rank, r.due_at, r.id) <= b.quota)
+               AS chosen
+    FROM ranked r LEFT JOIN unnest($4::text[], $5::int[]) AS b(lane, quota) ON b.lane = r.lane
 ), updated AS (
     UPDATE commands c
     SET push_lease_until = CASE WHEN r.chosen THEN now() + $2 * interval '1 second' END,
-        next_push_at = CASE WHEN r.chosen OR c.sent_at IS NOT NULL
+        next_push_at = CASE WHEN r.eligible AND NOT r.chosen THEN c.next_push_at
+                            WHEN r.chosen OR c.sent_at IS NOT NULL
                             THEN now() + $2 * interval '1 second' END,
         push_attempts = c.push_attempts + r.chosen::int
-    FROM ranked r
-    WHERE c.id = r.id
+    FROM budgeted r
+    WHERE c.id = ANY (ARRAY(SELECT id FROM budgeted)) AND c.id = r.id
     RETURNING c.id, c.organization, c.aos_device, c.command,
               CASE WHEN r.chosen THEN c.params END AS params,
               CASE WHEN r.chosen THEN c.secret END AS secret,
               CASE WHEN r.chosen THEN r.public_key END AS public_key,
               c.status, c.expires_at, c.created_at, c.push_attempts, c.pushes, r.push_token,
-              r.push_provider, r.old_lease IS NOT NULL AS reclaimed, r.chosen AS claimed
+              r.push_provider, r.old_lease IS NOT NULL AS reclaimed, r.chosen AS claimed,
+              c.priority, r.rank, r.due_at
 )
 SELECT * FROM updated;
+
+-- name: take_push_budget
+-- DISPATCHER_PUSH_RATE_PER_MIN for all replicas: take up to $2 tokens of provider $1's
+-- bucket (refilled at $3 a second by the database's clock, holding at most $4). Returns
+-- the tokens granted and those left (none when the bucket row did not exist yet: it is
+-- created, ask again). The row lock is held only by this statement.
+WITH seed AS (
+    INSERT INTO push_budget (provider, tokens, updated_at)
+    VALUES ($1, $4::float8, clock_timestamp()) ON CONFLICT (provider) DO NOTHING
+), level AS (
+    SELECT provider, least($4::float8, tokens + $3::float8
+               * greatest(0, extract(epoch FROM clock_timestamp() - updated_at))) AS tokens
+    FROM push_budget WHERE provider = $1 FOR UPDATE
+), taken AS (
+    UPDATE push_budget b
+    SET tokens = l.tokens - least($2::int, floor(l.tokens)), updated_at = clock_timestamp()
+    FROM level l WHERE b.provider = l.provider
+    RETURNING least($2::int, floor(l.tokens))::int AS granted,
+              l.tokens - least($2::int, floor(l.tokens)) AS left_tokens
+)
+SELECT granted, left_tokens FROM taken;
+
+-- name: give_push_budget
+-- Tokens a claim took and did not use go back to provider $1's bucket (at most $3).
+UPDATE push_budget SET tokens = least($3::float8, tokens + $2::int) WHERE provider = $1;
 
 -- name: push_accepted
 -- Answers are guarded by their claim. ``push_attempts`` counts the claims of a command

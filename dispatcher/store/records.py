@@ -43,6 +43,10 @@ class NewCommand:
     created_by: str | None = None
     request_hash: str | None = None
     """Keyed hash of the HTTP request that created it (idempotency replays are compared)."""
+    priority: str = "normal"
+    """``high``, ``normal`` or ``low`` (lifecycle.default_priority when none was asked for)."""
+    not_before: datetime | None = None
+    """Not pushed before it (its validity runs from then)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +196,12 @@ class ClaimedPush:
     push_provider: str | None
     reclaimed: bool
     claimed: bool
+    priority: str = "normal"
+    """The command's declared priority (metrics are labelled by it)."""
+    rank: int = 1
+    """The rank it was claimed by (0 high, 1 normal, 2 low; lifted by a newer command)."""
+    due_at: datetime | None = None
+    """When it became due (its ``next_push_at`` before the claim)."""
 
     @classmethod
     def from_row(cls, row: Row) -> ClaimedPush:
@@ -199,7 +209,22 @@ class ClaimedPush:
         return cls(row["id"], row["organization"], row["aos_device"], row["command"],
                    row["params"], row["secret"], row["public_key"], row["status"],
                    row["expires_at"], row["created_at"], row["push_attempts"], row["pushes"],
-                   row["push_token"], row["push_provider"], row["reclaimed"], row["claimed"])
+                   row["push_token"], row["push_provider"], row["reclaimed"], row["claimed"],
+                   row["priority"], row["rank"], row["due_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a take from a provider's shared rate budget gave: whole tokens, and the
+    fraction of a token left (how long until the next one is the caller's to work out)."""
+
+    granted: int
+    left: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> Budget:
+        """Read a row of ``take_push_budget``."""
+        return cls(row["granted"], row["left_tokens"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,3 +318,15 @@ class TableRows:
     def from_row(cls, row: Row) -> TableRows:
         """Read the row of ``table_rows``."""
         return cls(row["live"], row["dead"])
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOrder:
+    """What a claim needs beyond its size: the organization each rank's round-robin
+    resumes after (high, normal, low; ``""``: the first), and how many pushes each
+    rate-limited provider's budget covers (None: no limit), the default provider
+    being ``default_lane``."""
+
+    cursors: tuple[str, str, str] = ("", "", "")
+    budgets: dict[str, int] | None = None
+    default_lane: str | None = None

@@ -23,7 +23,15 @@ import pytest
 
 from dispatcher.store import migration_files
 from tests.support.db import PgServer
-from tests.support.events import ack_event, command_event, device_event, hex24, iso, overdue
+from tests.support.events import (
+    ack_event,
+    command_event,
+    device_event,
+    hex24,
+    iso,
+    overdue,
+    queued_event,
+)
 from tests.support.process import (
     DISPATCHER,
     SHUTDOWN_TIMEOUT_S,
@@ -71,7 +79,7 @@ async def pushed_command(svc: Service, **over: Any) -> tuple[str, dict[str, Any]
 
 async def barrier(svc: Service, dev: str, topic: str) -> None:
     """Wait until every message published so far on ``topic`` for ``dev`` was applied."""
-    marker = command_event(dev)
+    marker = queued_event(dev)  # supersedes nothing it is sent after
     await svc.kafka.send("commands.created", marker)
     await reaches(svc, marker["id"], "PENDING")
     if topic == "device-acks":
@@ -175,7 +183,7 @@ async def test_poison_goes_to_dead_letter_and_good_messages_flow(service: Servic
     good: list[dict[str, Any]] = []
     for name, raw, _ in poison:
         await service.kafka.send(name, raw, key=dev)
-        cmd = command_event(dev)
+        cmd = queued_event(dev)
         good.append(cmd)
         await service.kafka.send("commands.created", cmd)
 

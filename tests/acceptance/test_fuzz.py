@@ -32,7 +32,7 @@ from dispatcher.events import (
 )
 from dispatcher.exceptions import InvalidEvent
 from tests.support import fuzz
-from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.events import ack_event, command_event, device_event, hex24, iso, queued_event
 from tests.support.figures import report
 from tests.support.process import Service, pushed, reaches
 from tests.support.wait import until
@@ -49,7 +49,8 @@ def bases() -> dict[str, dict[str, Any]]:
     """A valid event per topic, about a device of its own (so a survivor disturbs nothing)."""
     other = hex24()
     return {
-        "commands.created": command_event(other),
+        # notBefore and priority too: damaged, each is dead-lettered like any other field
+        "commands.created": command_event(other, notBefore=iso(), priority="low"),
         # publicKey too: a damaged key must be dead-lettered like any other bad field
         "devices": device_event(other, publicKey=PUBLIC_KEY, pushProvider="pushy"),
         "device-acks": ack_event(hex24(), other, "DONE"),
@@ -70,7 +71,7 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
         service: Service) -> None:
     dev = hex24()
     await service.kafka.send("devices", device_event(dev))
-    open_cmd, acked_cmd = command_event(dev), command_event(dev)
+    open_cmd, acked_cmd = queued_event(dev), queued_event(dev)
     for cmd in (open_cmd, acked_cmd):
         await service.kafka.send("commands.created", cmd)
         await until(functools.partial(pushed, service, cmd["id"]), what="the first pushes")

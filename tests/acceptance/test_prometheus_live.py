@@ -414,6 +414,12 @@ async def check_values(stack: Stack, results: dict[str, list[dict[str, Any]]],
     failing = max(v for s in panel("Push failure ratio by provider") for v in values(s))
     assert failing > 0.1, failing
     assert min(v for s in panel("Push provider answering, by replica") for v in values(s)) == 0
+    assert nonzero(panel("Pushes /s by priority"), "priority") == {"high"}  # LOCKs only
+    waits = [v for s in panel("Due -> pushed wait, by priority", "B")
+             if s["metric"].get("priority") == "high" for v in values(s) if v == v]
+    assert waits
+    assert max(waits) <= 10, waits
+    assert not nonzero(panel("Superseded commands /s by type"), "command")
     return {"transitions": dict(published), "dead_letters": dict(letters),
             "push_outcomes": dict(answered), "outbox_backlog_max": backlog,
             "success_ratio": round(ratio, 4), "expected_ratio": round(done_ratio, 4),

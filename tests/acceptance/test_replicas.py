@@ -38,7 +38,7 @@ from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import PgServer, statuses
-from tests.support.events import ORG, command_event, device_event, hex24, iso
+from tests.support.events import ORG, command_event, device_event, hex24, iso, queued_event
 from tests.support.fakes import accepted_at_least
 from tests.support.faults import Gateway, Plan
 from tests.support.figures import report
@@ -176,8 +176,8 @@ def commands_for(cluster: Cluster, n: int, start: int = 0) -> list[dict[str, Any
         dev = cluster.devices[i % DEVICES]
         # Deadlines spread over a second, so every replica's timer finds some due.
         created = now - timedelta(seconds=(i % 10) / 10) if plan.final == "EXPIRED" else now
-        cmd = command_event(dev, duration=plan.duration, createdAt=iso(created))
-        if i % 100 == 0:
+        cmd = queued_event(dev, duration=plan.duration, createdAt=iso(created))
+        if i % 101 == 0:  # ~30, each to a device of its own (a second would supersede it)
             cmd.update(command="RESET_PASSWORD", params={"newPassword": PASSWORD})
         cluster.gateway.plans[cmd["id"]] = plan
         cluster.gateway.devices[cmd["id"]] = dev

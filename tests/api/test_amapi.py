@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -271,3 +272,20 @@ async def test_scope_and_auth_in_google_envelope(
                  405, "UNIMPLEMENTED")
     google_error(await call(http, "POST", dev("short") + ":issueCommand", token(), body),
                  400, "INVALID_ARGUMENT")
+
+
+async def test_not_before_and_priority_extensions(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
+    device = await register(push_token=None)
+    op = await issue(http, device, token(), {"type": "REBOOT", "priority": "low",
+                                             "notBefore": "2099-01-01T00:00:00Z",
+                                             "duration": "60s"})
+    meta = op["metadata"]
+    assert meta["priority"] == "low"
+    assert datetime.fromisoformat(meta["notBefore"]) == datetime(2099, 1, 1, tzinfo=UTC)
+    lock = await issue(http, device, token(), {"type": "LOCK"})
+    assert lock["metadata"]["priority"] == "high"
+    assert "notBefore" not in lock["metadata"]
+    bad = await call(http, "POST", dev(device) + ":issueCommand", token(),
+                     {"type": "LOCK", "priority": "urgent"})
+    assert "priority" in google_error(bad, 400, "INVALID_ARGUMENT")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import warnings
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -196,9 +196,9 @@ async def test_list_filters_by_status_and_pages_newest_first(
         service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
     device = await register(push_token=None)
     ids = []
-    for _ in range(5):
-        ids.append((await call(http, "POST", url(device), token(), {"command": "LOCK"}))[1]
-                   ["data"]["id"])
+    for k in range(5):  # all stay open: a type that a newer one does not supersede
+        body = {"command": "CLEAR_APP_DATA", "params": {"packageNames": [f"com.app{k}"]}}
+        ids.append((await call(http, "POST", url(device), token(), body))[1]["data"]["id"])
     for cid in ids[:2]:
         assert (await call(http, "POST", url(device, tail=f"/{cid}/cancel"), token()))[0] == 200
     seen: list[str] = []
@@ -350,3 +350,36 @@ def mint_raw(claims: dict[str, Any], secret: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyLengthWarning)
         return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def test_not_before_and_priority_are_taken_and_shown(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
+    device = await register(push_token=None)
+    later = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    status, body = await call(http, "POST", url(device), token(), {
+        "command": "REBOOT", "duration": 60, "priority": "low",
+        "notBefore": later.isoformat().replace("+00:00", "Z")})
+    assert status == 200, body
+    record = body["data"]
+    assert (record["priority"], datetime.fromisoformat(record["notBefore"])) == ("low", later)
+    assert datetime.fromisoformat(record["expiresAt"]) == later + timedelta(seconds=60)
+    _, lock = await call(http, "POST", url(device), token(), {"command": "LOCK"})
+    assert lock["data"]["priority"] == "high"  # the type's default
+    assert "notBefore" not in lock["data"]
+    error(400, 4000)(await call(http, "POST", url(device), token(),
+                                {"command": "LOCK", "priority": "urgent"}))
+    error(400, 4000)(await call(http, "POST", url(device), token(),
+                                {"command": "LOCK", "notBefore": "tomorrow"}))
+
+
+async def test_a_newer_lock_supersedes_the_unsent_one(
+        service: Runtime, http: aiohttp.ClientSession, token: Token, register: Register) -> None:
+    device = await register(push_token=None)  # offline: nothing is sent
+    _, first = await call(http, "POST", url(device), token(), {"command": "LOCK"})
+    _, second = await call(http, "POST", url(device), token(), {"command": "LOCK"})
+    _, got = await call(http, "GET", url(device, tail=f"/{first['data']['id']}"), token())
+    old = got["data"]
+    assert (old["status"], old["errorType"]) == ("CANCEL", "SUPERSEDED")
+    assert old["results"][-1]["data"] == {"supersededBy": second["data"]["id"]}
+    _, page = await call(http, "GET", url(device, tail="?status=PENDING"), token())
+    assert [r["id"] for r in page["data"]] == [second["data"]["id"]]

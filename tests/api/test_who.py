@@ -22,7 +22,7 @@ from dispatcher.auth import PERMISSIONS, mint
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
 from tests.support.api import Register
-from tests.support.events import ENTERPRISE, ORG, command_event, device_event, hex24
+from tests.support.events import ENTERPRISE, ORG, device_event, hex24, queued_event
 from tests.support.kafka import Kafka
 from tests.support.wait import wait_for
 
@@ -140,8 +140,8 @@ async def test_kafka_commands_and_cancels_name_their_actor_or_the_topic(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dispatcher.audit")
     device = await register(push_token=None)
-    named, unnamed = (command_event(device, createdBy="billing-service"),
-                      command_event(device))
+    named, unnamed = (queued_event(device, createdBy="billing-service"),
+                      queued_event(device))  # both stay open: the second supersedes nothing
     await kafka.send("commands.created", named, key=device)
     await kafka.send("commands.created", unnamed, key=device)
     reader = bearer(settings, "reader")

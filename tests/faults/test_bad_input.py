@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.db import PgServer, create_database
-from tests.support.events import ack_event, command_event
+from tests.support.events import ack_event, queued_event
 from tests.support.faults import PLANS, Figures, Rig, assert_nothing_lost, open_rig, settle, verify
 from tests.support.wait import wait_for
 
@@ -46,7 +46,7 @@ def generators(rng: random.Random, devices: list[str],
                known: list[str]) -> list[Callable[[int], Item]]:
     """One factory per kind of bad input; each makes a unique raw value from ``i``."""
     def cmd(i: int, **over: Any) -> dict[str, Any]:
-        event = command_event(rng.choice(devices), id=rng.randbytes(12).hex())
+        event = queued_event(rng.choice(devices), id=rng.randbytes(12).hex())
         event["params"] = {"n": i}
         event.update(over)
         return event
@@ -174,9 +174,9 @@ async def test_invalid_events_at_volume(rig: Rig) -> None:
 async def test_ack_before_its_command(rig: Rig) -> None:
     """Held within the window and applied; past the window, dead-lettered unknown_command."""
     figures = Figures("held-acks")
-    early = [command_event(rig.rng.choice(rig.devices), id=rig.rng.randbytes(12).hex())
+    early = [queued_event(rig.rng.choice(rig.devices), id=rig.rng.randbytes(12).hex())
              for _ in range(HELD)]
-    late = [command_event(rig.rng.choice(rig.devices), id=rig.rng.randbytes(12).hex())
+    late = [queued_event(rig.rng.choice(rig.devices), id=rig.rng.randbytes(12).hex())
             for _ in range(HELD)]
     await rig.kafka.send_many("device-acks", [
         ack_event(c["id"], c["aosDevice"], "DONE") for c in early + late])

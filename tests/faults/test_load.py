@@ -21,7 +21,7 @@ import pytest
 from dispatcher_dev.devstack import EmbeddedKafka
 from dispatcher_dev.fakepushy import PushRecord
 from tests.support.db import PgServer, create_database
-from tests.support.events import ack_event, command_event
+from tests.support.events import ack_event, queued_event
 from tests.support.faults import Figures, Rig, open_rig
 from tests.support.figures import report
 from tests.support.wait import wait_for
@@ -75,7 +75,7 @@ async def produce(rig: Rig, seconds: float, rate: float) -> int:
     while (elapsed := time.monotonic() - started) < seconds:
         due = int(elapsed * rate) + int(rate * TICK_S) - sent
         if due > 0:
-            batch = [command_event(rig.rng.choice(rig.devices), duration=3600)
+            batch = [queued_event(rig.rng.choice(rig.devices), duration=3600)
                      for _ in range(due)]
             for cmd in batch:
                 rig.gateway.devices[cmd["id"]] = cmd["aosDevice"]

@@ -56,7 +56,8 @@ def records(topic: str, events: list[dict[str, Any]]) -> list[Source]:
 async def test_a_batch_of_several_acks_per_command_is_one_write(
         processor: BatchProcessor, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     devices = [hex24() for _ in range(20)]
-    cmds = [command_event(d) for d in devices for _ in range(5)]
+    cmds = [command_event(d, command="CLEAR_APP_DATA", params={"packageName": "com.example"})
+            for d in devices for _ in range(5)]  # not superseded by their own type
     acks = [ack_event(c["id"], c["aosDevice"], s) for c in cmds
             for s in ("RECEIVED", "DONE", "RECEIVED")]
     with caplog.at_level(logging.WARNING, logger="dispatcher.consumer"):

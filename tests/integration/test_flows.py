@@ -27,7 +27,15 @@ from dispatcher.runtime import Runtime
 from dispatcher.store import migrate
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import PgServer
-from tests.support.events import ack_event, command_event, device_event, hex24, iso, overdue
+from tests.support.events import (
+    ack_event,
+    command_event,
+    device_event,
+    hex24,
+    iso,
+    overdue,
+    queued_event,
+)
 from tests.support.kafka import Kafka
 from tests.support.service import running
 from tests.support.wait import until
@@ -141,7 +149,7 @@ async def test_duplicate_ids_are_one_command(service: Runtime, kafka: Kafka, db:
     await until(lambda: pushed(pushy, cmd["id"]), what="the push")
     # once more after it was processed (and with another body: the id decides)
     await kafka.send("commands.created", {**cmd, "command": "REBOOT"})
-    marker = command_event(device)
+    marker = queued_event(device)  # supersedes nothing
     await kafka.send("commands.created", marker)
     await until(lambda: pushed(pushy, marker["id"]), what="the marker's push")
 
@@ -257,7 +265,7 @@ async def test_cancel_open_and_done(service: Runtime, kafka: Kafka, db: asyncpg.
     await kafka.send("device-acks", ack_event(done["id"], device, "DONE"))
     await until(lambda: status_is(db, done["id"], "DONE"), what="DONE")
     await kafka.send("commands.cancel", {"commandId": done["id"], "aosDevice": device})
-    marker = command_event(device)  # same partition, behind the cancel
+    marker = queued_event(device)  # same partition, behind the cancel
     await kafka.send("commands.created", marker)
     await until(lambda: pushed(pushy, marker["id"]), what="the marker's push")
 
@@ -372,7 +380,7 @@ async def test_commands_of_a_device_are_pushed_in_creation_order(
         service: Runtime, kafka: Kafka, db: asyncpg.Pool, pushy: FakePushy) -> None:
     device = await registered(kafka, db, token=None)
     start = datetime.now(UTC) - timedelta(seconds=30)
-    cmds = [command_event(device, createdAt=iso(start + timedelta(seconds=i)))
+    cmds = [queued_event(device, createdAt=iso(start + timedelta(seconds=i)))
             for i in range(5)]
     await kafka.send_many("commands.created", cmds)
     for cmd in cmds:

@@ -21,7 +21,7 @@ import asyncpg
 
 from dispatcher.runtime import Runtime
 from dispatcher_dev.fakepushy import FakePushy
-from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.events import ack_event, command_event, device_event, hex24, iso, queued_event
 from tests.support.fakes import was_pushed
 from tests.support.kafka import Kafka
 from tests.support.wait import until
@@ -75,7 +75,11 @@ def poison_cases(device: str, command_id: str) -> list[tuple[str, bytes, str, st
         ("commands.created", compact({**cmd, "duration": "600"}), "validation", "wrong type"),
         ("commands.created", compact({**cmd, "params": []}), "validation", "params not object"),
         ("commands.created", compact(without(cmd, "organization")), "validation", "missing"),
-        ("commands.created", compact({**cmd, "priority": 1}), "validation", "extra field"),
+        ("commands.created", compact({**cmd, "urgency": 1}), "validation", "extra field"),
+        ("commands.created", compact({**cmd, "priority": "urgent"}), "validation",
+         "unknown priority"),
+        ("commands.created", compact({**cmd, "notBefore": "2026-11-23T10:00:00"}),
+         "validation", "notBefore without a zone"),
         ("commands.created", compact({**cmd, "command": "FORMAT_DISK"}), "unknown_command",
          "unknown command"),
         ("commands.created", compact({**cmd, "id": "xyz"}), "validation", "short id"),
@@ -138,7 +142,7 @@ async def test_poison_is_dead_lettered_and_the_stream_flows(
         service: Runtime, kafka: Kafka, db: asyncpg.Pool, pushy: FakePushy) -> None:
     device = hex24()
     await kafka.send("devices", device_event(device))
-    targets = [command_event(device) for _ in range(16)]
+    targets = [queued_event(device) for _ in range(16)]  # all stay open side by side
     await kafka.send_many("commands.created", targets)
     for target in targets:
         await until(partial(fetch_status, db, target["id"]), what="targets stored")
@@ -155,7 +159,7 @@ async def test_poison_is_dead_lettered_and_the_stream_flows(
         sent.append(Sent(kafka.topic(name), partition, offset, raw, reason, what))
         # a valid message right behind it, on the same partition
         if name == "commands.created":
-            good = command_event(device)
+            good = queued_event(device)
             valid_commands.append(good["id"])
             await send_raw(kafka, name, compact(good), device)
         elif name == "devices":

@@ -6,6 +6,7 @@ Each test gets its own database, topics and consumer group, so faults injected i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -26,7 +27,14 @@ from dispatcher.config import Settings
 from dispatcher.exceptions import PUSH_ERROR_MESSAGES
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.support.db import statuses
-from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.events import (
+    ack_event,
+    command_event,
+    device_event,
+    hex24,
+    iso,
+    queued_event,
+)
 from tests.support.fixtures import fresh_db, fresh_kafka
 from tests.support.kafka import Kafka
 from tests.support.service import PUSHY_KEY, running
@@ -74,8 +82,12 @@ async def fleet(kafka: Kafka, devices: int, per_device: int = 1,
                 **over: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """Register ``devices`` devices with tokens and send ``per_device`` commands to each.
 
-    Commands of a device get strictly increasing ``createdAt`` values.
+    Commands of a device get strictly increasing ``createdAt`` values; several per device
+    are of a type that a newer one does not supersede, unless ``over`` names one.
     """
+    if per_device > 1 and "command" not in over:
+        over = {"command": "CLEAR_APP_DATA", "params": {"packageNames": ["com.example.app"]},
+                **over}
     ids = [hex24() for _ in range(devices)]
     await kafka.send_many("devices", [device_event(d) for d in ids])
     base = datetime.now(UTC)
@@ -177,6 +189,48 @@ async def test_rate_limit_is_respected(fresh: Settings, kafka: Kafka,
     assert observed <= per_min
 
 
+def most_in_any_window(times: list[float], window_s: float) -> int:
+    """The most requests that started within any ``window_s`` seconds."""
+    times = sorted(times)
+    return max((sum(1 for u in times[i:] if u < t + window_s) for i, t in enumerate(times)),
+               default=0)
+
+
+def accepted_by(rt: Any) -> float:
+    return float(rt.metrics.push_requests.labels("pushy", "accepted")._value.get())
+
+
+async def test_two_replicas_share_one_rate_limit_and_one_left_uses_all_of_it(
+        fresh: Settings, kafka: Kafka, pushy: TrackingPushy) -> None:
+    """DISPATCHER_PUSH_RATE_PER_MIN is one limit for all replicas together: two replicas
+    at 600/min send 600 a minute between them, not 1,200; when one stops, the other
+    sends at the whole limit (a stopped replica holds no budget)."""
+    per_min, window_s = 600, 10.0
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(
+            serve(fresh, pushy, push_concurrency=16, push_rate_per_min=per_min))
+        async with serve(fresh, pushy, push_concurrency=16, push_rate_per_min=per_min) as second:
+            _, cmds = await fleet(kafka, 230)
+            await wait_for(lambda: _pushed_at_least(pushy, 110), timeout=30, what="110 pushes")
+            both = (accepted_by(first), accepted_by(second))
+        stopped_at = time.monotonic()
+        await all_pushed(pushy, cmds, timeout=60)
+    times = sorted(r.at for r in pushy.requests)
+    most = most_in_any_window(times, window_s)
+    print(f"\n230 pushes, two replicas then one, at {per_min}/min: at most {most} in any "
+          f"{window_s:.0f} s; {both} accepted by each while both ran")
+    assert most <= per_min / 60 * window_s + 1  # the limit, plus one token of burst
+    assert min(both) > 0, "both replicas pushed while both ran"
+    alone = [t for t in times if t > stopped_at + 1.0]
+    assert len(alone) >= 40
+    rate_alone = (len(alone) - 1) / (alone[-1] - alone[0])
+    assert rate_alone >= 0.8 * per_min / 60, f"one replica left sent {rate_alone:.1f}/s"
+
+
+async def _pushed_at_least(pushy: FakePushy, n: int) -> bool:
+    return len(pushy.accepted) >= n
+
+
 async def test_slow_provider_does_not_stall_ingest_or_acks(
         fresh: Settings, kafka: Kafka, pushy: TrackingPushy, db: asyncpg.Connection) -> None:
     pushy.latency_s = 2.0
@@ -234,8 +288,8 @@ async def test_when_the_head_command_ends_unsent_the_next_one_goes_at_once(
         pushy.fail_next = [503]
         await kafka.send("devices", device_event(device))
         base = datetime.now(UTC)
-        first = command_event(device, createdAt=iso(base))
-        second = command_event(device, createdAt=iso(base + timedelta(milliseconds=5)))
+        first = queued_event(device, createdAt=iso(base))
+        second = queued_event(device, createdAt=iso(base + timedelta(milliseconds=5)))
         await kafka.send_many("commands.created", [first, second])
 
         async def first_failed() -> bool:
@@ -337,7 +391,7 @@ async def test_invalid_token_ends_the_command_in_error(
     try:
         async with serve(fresh, pushy):
             await kafka.send_many("devices", [device_event(device), device_event(good)])
-            cmds = [command_event(device), command_event(device), command_event(good)]
+            cmds = [queued_event(device), queued_event(device), command_event(good)]
             await kafka.send_many("commands.created", cmds)
             ids = [c["id"] for c in cmds]
 

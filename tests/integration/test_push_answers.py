@@ -53,6 +53,9 @@ class GatedProvider:
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
     s = await Store.connect(database_url)
+    # each test's own commands, and its own rate budget (one push a minute, shared by
+    # every pusher of the database: a token another test took would hold this one back)
+    await s.pool.execute("TRUNCATE commands, devices, status_outbox, push_budget")
     yield s
     await s.close()
 

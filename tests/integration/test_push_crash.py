@@ -27,7 +27,7 @@ from dispatcher.push import repeat_bound
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.devstack import free_port
 from dispatcher_dev.fakepushy import FakePushy
-from tests.support.events import command_event, device_event, hex24
+from tests.support.events import device_event, hex24, queued_event
 from tests.support.fakes import accepted_at_least
 from tests.support.figures import report
 from tests.support.kafka import Kafka
@@ -118,8 +118,10 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_little(
     kafka = Kafka(kafka_bootstrap, prefix)
     await kafka.start()
     devices = [hex24() for _ in range(DEVICES)]
-    cmds = [command_event(devices[i % DEVICES]) for i in range(COMMANDS)]
-    for c in cmds[::100]:
+    # several per device, each pushed: a type that a newer one does not supersede, and
+    # RESET_PASSWORDs each to a device of its own (a second one would supersede it)
+    cmds = [queued_event(devices[i % DEVICES]) for i in range(COMMANDS)]
+    for c in cmds[::101]:
         c.update(command="RESET_PASSWORD", params={"newPassword": PASSWORD})
     chunks = [cmds[i:i + 200] for i in range(0, COMMANDS, 200)]
     in_flight_at_kills: list[int] = []

@@ -31,6 +31,13 @@ def command_event(device: str, **over: Any) -> dict[str, Any]:
     return event
 
 
+def queued_event(device: str, **over: Any) -> dict[str, Any]:
+    """A command no newer command of its device supersedes (CLEAR_APP_DATA carries its own
+    params): for tests that send several commands to one device and follow each."""
+    return command_event(device, command="CLEAR_APP_DATA",
+                         params={"packageNames": ["com.example.app"]}, **over)
+
+
 def device_event(device: str, token: str | None = "tok-", state: str = "ACTIVE",
                  **over: Any) -> dict[str, Any]:
     event: dict[str, Any] = {"aosDevice": device, "organization": ORG, "aosEnterprise": ENTERPRISE,

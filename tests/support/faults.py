@@ -30,7 +30,7 @@ import asyncpg
 from dispatcher.secretbox import generate_keys
 from dispatcher_dev.fakepushy import FakePushy, PushRecord
 from tests.support.db import statuses
-from tests.support.events import ack_event, command_event, device_event, hex24
+from tests.support.events import ack_event, device_event, hex24, queued_event
 from tests.support.figures import report
 from tests.support.kafka import Kafka
 from tests.support.lifecycle import check, histories
@@ -122,7 +122,8 @@ class Gateway:
         for _ in range(n):
             plan = draw_plan(rng)
             dev = rng.choice(devices)
-            cmd = command_event(dev, id=rng.randbytes(12).hex(), duration=plan.duration)
+            # several go to one device: a type that a newer one does not supersede
+            cmd = queued_event(dev, id=rng.randbytes(12).hex(), duration=plan.duration)
             self.plans[cmd["id"]] = plan
             self.devices[cmd["id"]] = dev
             out.append(cmd)

@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dispatcher import sealing
 from dispatcher.exceptions import NoDeviceKey
 from dispatcher.push import LogProvider
-from dispatcher.push.lanes import UNHEALTHY_AFTER, health, make_lanes
+from dispatcher.push.lanes import UNHEALTHY_AFTER, RankedSlots, health, make_lanes
 from dispatcher.push.limits import Slots
 from dispatcher.push.payload import build_request
+from dispatcher.push.pusher import next_cursors
 from dispatcher.secretbox import SecretBox, generate_keys, split
 from dispatcher.store.records import ClaimedPush
 from tests.support.push import claimed_push
@@ -77,9 +78,9 @@ async def test_a_lane_fails_after_failures_in_a_row_pauses_and_recovers() -> Non
     assert health(lanes) == {"log": True}
 
 
-async def test_slots_bound_a_claim_by_free_slots_and_the_rate_limit() -> None:
+async def test_slots_bound_a_claim_by_free_slots() -> None:
     lanes = make_lanes([LogProvider()], 8, 2)
-    slots = Slots(8, lanes, rate_per_min=0)
+    slots = Slots(8, lanes)
     assert slots.free() == 8 + 2  # the request slots, plus the pushes claimed ahead
     gate = asyncio.Event()
 
@@ -88,13 +89,60 @@ async def test_slots_bound_a_claim_by_free_slots_and_the_rate_limit() -> None:
 
     slots.start(push())
     assert slots.free() == 9
-    assert slots.take(9) == 9  # no rate limit
     gate.set()
     await slots.drain(1.0)
     await asyncio.sleep(0)
     assert slots.free() == 10
-    limited = Slots(8, lanes, rate_per_min=600)  # 10/s: bursts of one
-    assert limited.take(10) == 1
-    assert limited.pause_s() > 0
-    limited.give_back(1)
-    assert limited.pause_s() == 0
+
+
+async def test_a_freed_request_slot_goes_to_the_best_ranked_push_waiting() -> None:
+    """A LOCK claimed while low pushes claimed ahead of it wait for a slot is sent next."""
+    slots = RankedSlots(1)
+    await slots.acquire(2)  # the one slot is taken
+    order: list[str] = []
+
+    async def push(name: str, rank: int) -> None:
+        await slots.acquire(rank)
+        order.append(name)
+        slots.release()
+
+    waiting = [asyncio.create_task(push(n, r))
+               for n, r in (("low-1", 2), ("low-2", 2), ("normal", 1), ("high", 0))]
+    await asyncio.sleep(0)
+    assert slots.locked()
+    assert not order
+    slots.release()
+    await asyncio.gather(*waiting)
+    assert order == ["high", "normal", "low-1", "low-2"]
+    assert not slots.locked()
+
+
+async def test_a_push_cancelled_while_waiting_for_a_slot_loses_no_slot() -> None:
+    slots = RankedSlots(1)
+    await slots.acquire(1)
+    gone = asyncio.create_task(slots.acquire(0))
+    kept = asyncio.create_task(slots.acquire(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    slots.release()  # passes over the cancelled waiter to the next one
+    await kept
+    slots.release()
+    assert not slots.locked()
+    await slots.acquire(1)  # the one slot is there to take, no more
+    assert slots.locked()
+
+
+def claimed(org: str, rank: int) -> ClaimedPush:
+    at = datetime.now(UTC)
+    return ClaimedPush("c", org, "d", "LOCK", None, None, None, "PENDING", at, at, 1, 0, None,
+                       None, False, True, "high", rank, at)
+
+
+def test_the_round_robin_resumes_after_the_last_organization_served() -> None:
+    a, b, c = "a" * 24, "b" * 24, "c" * 24
+    # from the start: a, b, c served; the next claim starts after c
+    assert next_cursors(("", "", ""), [claimed(o, 1) for o in (a, b, c)]) == ("", c, "")
+    # after b: c, then wrapped around to a; the next claim starts after a
+    assert next_cursors(("", b, ""), [claimed(c, 1), claimed(a, 1)]) == ("", a, "")
+    # ranks keep their own place; a rank not served keeps its cursor
+    assert next_cursors((b, b, b), [claimed(c, 0), claimed(a, 2)]) == (c, b, a)

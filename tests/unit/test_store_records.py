@@ -11,6 +11,7 @@ from dispatcher.store.commands import CommandStatements
 from dispatcher.store.pushes import PushStatements
 from dispatcher.store.records import (
     Accepted,
+    Budget,
     ClaimedPush,
     CommandRef,
     DeviceUpserted,
@@ -85,10 +86,13 @@ def test_records_of_the_pusher_read_their_rows() -> None:
     row = {"id": "c", "organization": "o", "aos_device": "d", "command": "LOCK",
            "params": {"p": 1}, "secret": b"s", "public_key": None, "status": "PENDING",
            "expires_at": T0, "created_at": T0, "push_attempts": 3, "pushes": 1,
-           "push_token": "tok", "push_provider": "pushy", "reclaimed": False, "claimed": True}
+           "push_token": "tok", "push_provider": "pushy", "reclaimed": False, "claimed": True,
+           "priority": "high", "rank": 0, "due_at": T0}
     claimed = ClaimedPush.from_row(row)
     assert (claimed.id, claimed.push_attempts, claimed.claimed, claimed.secret) \
         == ("c", 3, True, b"s")
+    assert (claimed.priority, claimed.rank, claimed.due_at) == ("high", 0, T0)
+    assert Budget.from_row({"granted": 2, "left_tokens": 0.5}) == Budget(2, 0.5)
     answers = Accepted.from_rows([{"woken": "c2", "stale": None},
                                   {"woken": None, "stale": "c3"}])
     assert answers == Accepted(["c2"], ["c3"])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import order
 from bench.harness import Harness, Result
 
 OUT = Path(__file__).resolve().parent
@@ -38,6 +39,8 @@ async def main() -> int:
         half = int(most / 2)
         results += await h.latency(rate=half, seconds=max(3, int(10 * scale)),
                                    label=f"50% of max ({half}/s)")
+        results += await order.lock_under_backlog(h, backlog=int(1_000_000 * scale))
+        results += await order.claim_cost(h)
         results += await h.expiry_and_growth(overdue=int(1_000_000 * scale),
                                              big=int(10_000_000 * scale), n=int(50_000 * scale))
         results.append(Result("peak RSS of dispatcher", h.peak_rss_mb, "MB", 300, "max"))

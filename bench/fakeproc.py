@@ -1,7 +1,8 @@
 """The fake Pushy in a process of its own, so the load generator never slows the provider.
 
 ``python -m bench.fakeproc PORT LATENCY_S API_KEY``; ``GET /_arrivals`` answers
-``{commandId: unix time of its first accepted push}`` and ``GET /_stats`` the counts.
+``{commandId: unix time of its first accepted push}`` (``POST /_arrivals`` with a list of
+ids: only theirs) and ``GET /_stats`` the counts.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ async def main(port: int, latency_s: float, key: str) -> None:
     async def get_arrivals(request: web.Request) -> web.Response:
         return web.json_response(arrivals)
 
+    async def find_arrivals(request: web.Request) -> web.Response:
+        ids = await request.json()
+        return web.json_response({i: arrivals[i] for i in ids if i in arrivals})
+
     async def get_stats(request: web.Request) -> web.Response:
         return web.json_response({"accepted": len(fake.accepted), "requests": len(fake.requests),
                                   "max_inflight": fake.max_inflight})
 
     fake.app.router.add_get("/_arrivals", get_arrivals)
+    fake.app.router.add_post("/_arrivals", find_arrivals)
     fake.app.router.add_get("/_stats", get_stats)
     await fake.start(port=port)
     print("ready", flush=True)

@@ -100,9 +100,14 @@ def now_iso(dt: datetime | None = None) -> str:
     return (dt or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
 
 
-def command(i: int, device: str, salt: str, duration: int = 3600) -> dict[str, Any]:
+def command(i: int, device: str, salt: str, duration: int = 3600,
+            kind: str = "CLEAR_APP_DATA") -> dict[str, Any]:
+    """A command event; by default of a type that a newer command of its device does not
+    supersede (the phases send several per device and follow every one)."""
+    params = ({"packageNames": ["com.example.bench"]} if kind == "CLEAR_APP_DATA"
+              else {"message": "bench"})
     return {"id": hexid(i, salt), "organization": ORG, "aosEnterprise": ENT, "aosDevice": device,
-            "mdmUser": None, "command": "LOCK", "params": {"message": "bench"},
+            "mdmUser": None, "command": kind, "params": params,
             "duration": duration, "createdAt": now_iso()}
 
 

@@ -100,7 +100,7 @@ async def _locks(h: Harness, url: str, prefix: str, devs: list[str], tag: str) -
         delay = start + i / LOCKS_PER_S - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        event = command(i, devs[i % len(devs)], tag + prefix)
+        event = command(i, devs[i % len(devs)], tag + prefix, kind="LOCK")  # high
         sent[event["id"]] = time.time()
         await h._producer.send(prefix + "commands.created", _json(event),
                                key=event["aosDevice"].encode())

@@ -9,7 +9,6 @@ import asyncio
 import json
 import statistics
 import time
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -102,7 +101,7 @@ async def _locks(h: Harness, url: str, prefix: str, devs: list[str], tag: str) -
             await asyncio.sleep(delay)
         event = command(i, devs[i % len(devs)], tag + prefix, kind="LOCK")  # high
         sent[event["id"]] = time.time()
-        await h._producer.send(prefix + "commands.created", _json(event),
+        await h._producer.send(prefix + "commands.created", json.dumps(event).encode(),
                                key=event["aosDevice"].encode())
     await h._producer.flush()
     arrived: dict[str, float] = {}
@@ -113,10 +112,6 @@ async def _locks(h: Harness, url: str, prefix: str, devs: list[str], tag: str) -
                 arrived = await r.json()
             await asyncio.sleep(0.2)
     return [(arrived[c] - sent[c]) * 1000 for c in sent if c in arrived]
-
-
-def _json(event: dict[str, Any]) -> bytes:
-    return json.dumps(event).encode()
 
 
 CLAIM_ROWS = """

@@ -96,6 +96,16 @@ DevicePublicKey = Annotated[
     str, StringConstraints(max_length=sealing.PEM_MAX_CHARS), AfterValidator(_device_key)]
 
 
+NotBefore = Annotated[Time | None, Field(
+    description="not pushed before this RFC 3339 time; the validity (duration) runs from the "
+    "later of createdAt and notBefore")]
+"""``notBefore`` of a new command, the same on Kafka and both HTTP dialects."""
+PushPriority = Annotated[Priority | None, Field(
+    description="high, normal or low: which due push goes first across devices (absent: high "
+    "for LOCK, WIPE, START_LOST_MODE, RESET_PASSWORD, DISENROLL; normal otherwise)")]
+"""``priority`` of a new command, the same on Kafka and both HTTP dialects."""
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -115,13 +125,8 @@ class CommandCreated(_In):
     createdBy: Actor | None = Field(
         default=None, description="who asked for the command (shown as createdBy and in the "
         "audit log); absent: the topic's name")
-    notBefore: Time | None = Field(
-        default=None, description="not pushed before this time; the validity (duration) "
-        "runs from the later of createdAt and notBefore")
-    priority: Priority | None = Field(
-        default=None, description="high, normal or low: which due push goes first across "
-        "devices (absent: high for LOCK, WIPE, START_LOST_MODE, RESET_PASSWORD, DISENROLL; "
-        "normal otherwise)")
+    notBefore: NotBefore = None
+    priority: PushPriority = None
 
     _number = field_validator("duration", mode="before")(seconds_or_none)
 

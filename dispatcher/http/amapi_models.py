@@ -13,8 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from dispatcher.events import Time
-from dispatcher.lifecycle import Priority
+from dispatcher.events import NotBefore, PushPriority
 
 PACKAGE = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"
 CommandTypeName = Literal[
@@ -122,13 +121,10 @@ class CommandRequest(_Strict):
     stopLostModeStatus: dict[str, Any] | None = None
     esimStatus: dict[str, Any] | None = None
     requestDeviceInfoStatus: dict[str, Any] | None = None
-    notBefore: Time | None = Field(
-        default=None, description="dispatcher extension (not in the Android Management API): "
-        "not pushed before this RFC 3339 time; the duration runs from then")
-    priority: Priority | None = Field(
-        default=None, description="dispatcher extension: high, normal or low (absent: high "
-        "for LOCK, WIPE, START_LOST_MODE, RESET_PASSWORD; normal otherwise)")
-
+    notBefore: NotBefore = None
+    """A dispatcher extension, not in the Android Management API."""
+    priority: PushPriority = None
+    """A dispatcher extension, not in the Android Management API."""
 
 class OperationError(BaseModel):
     """Why an operation did not succeed (google.rpc.Status)."""

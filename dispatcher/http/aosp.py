@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher import auth
-from dispatcher.events import Params, Time, seconds_or_none
+from dispatcher.events import NotBefore, Params, PushPriority, seconds_or_none
 from dispatcher.http.commands import Order, cancel_command, create_command, list_page
 from dispatcher.http.common import (
     ApiError,
@@ -56,12 +56,8 @@ class CreateCommandRequest(BaseModel):
     params: Params | None = Field(
         default=None, description="Command-specific parameters (at most 4 KB as JSON); "
         "secret keys such as newPassword are never echoed.")
-    notBefore: Time | None = Field(
-        default=None, description="Not pushed before this RFC 3339 time; the duration runs "
-        "from then.")
-    priority: Priority | None = Field(
-        default=None, description="high, normal or low: which due push goes first across "
-        "devices (absent: high for LOCK, RESET_PASSWORD, DISENROLL; normal otherwise).")
+    notBefore: NotBefore = None
+    priority: PushPriority = None
 
     _number = field_validator("duration", mode="before")(seconds_or_none)
 

@@ -83,23 +83,24 @@ class Claimer:
         if pause_s > 0:
             await sleep_unless(stop, pause_s)
             return backlog
-        grants = await self.budget.take(free) if self.budget is not None else None
+        budget = self.budget
+        grants = await budget.take(free) if budget is not None else None
         allowed = free if grants is None else min(free, sum(grants.values()))
-        if self.budget is not None and allowed <= 0:
-            await sleep_unless(stop, self.budget.wait_s())
+        if budget is not None and allowed <= 0:
+            await sleep_unless(stop, budget.wait_s())
             return backlog
         self.wake.clear()  # before the claim: a wake-up during it is not lost
         seen, used = 0, dict[str, int]()
         try:
             seen, used = await self.claim(allowed, grants)
         finally:
-            if self.budget is not None and grants is not None:
-                await self.budget.give_back(grants, used)
+            if budget is not None and grants is not None:
+                await budget.give_back(grants, used)
         if seen < allowed:
             await wait_any(stop, self.wake, timeout_s=poll_s)
-        elif self.budget is not None and not used:
+        elif budget is not None and not used:
             # every push looked at waits for an exhausted provider's budget: one token
-            await sleep_unless(stop, 1 / self.budget.per_s)
+            await sleep_unless(stop, 1 / budget.per_s)
         return seen >= allowed
 
     async def claim(self, limit: int,

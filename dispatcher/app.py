@@ -1,7 +1,8 @@
 """Wiring, and the orderly start and stop of every component of `dispatcher run`.
 
 Start: HTTP (so /healthz answers at once) -> PostgreSQL (migrated) -> Kafka (topics,
-producer) -> loops: stream consumer, outbox relay, pusher, timer. Dependencies that
+producer) -> loops: stream consumer, outbox relay, pusher, timer, retention,
+campaigns. Dependencies that
 are down are retried with backoff while /readyz says what is missing.
 
 Stop (SIGTERM/SIGINT): the consumer finishes its batch and commits, the pusher waits
@@ -21,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from dispatcher.aio import Backoff, retrying
+from dispatcher.campaigns import CampaignWorker
 from dispatcher.config import Settings
 from dispatcher.consumer import BatchProcessor, StreamConsumer
 from dispatcher.deadletter import DeadLetters
@@ -80,7 +82,8 @@ def build_loops(rt: Runtime, providers: Sequence[Provider]) -> list[Any]:
     assert rt.producer is not None
     for provider in providers:
         rt.metrics.zero([s.topic(name) for name in INPUTS], provider.name)
-    rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics)
+    rt.relay = OutboxRelay(rt.store, rt.producer, s.topic("commands.status"), rt.metrics,
+                           topics={"campaigns.status": s.topic("campaigns.status")})
     rt.pusher = Pusher(s, rt.store, providers, rt.metrics, rt.box)
     rt.pusher.outbox_wake = rt.relay.wake
     dead_letters = DeadLetters(rt.producer, s.topic("dead-letter"), rt.metrics, stop=rt.stop)
@@ -89,8 +92,9 @@ def build_loops(rt: Runtime, providers: Sequence[Provider]) -> list[Any]:
     rt.consumer = StreamConsumer(s, rt.processor, rt.metrics)
     timer = Timer(s, rt.store, rt.metrics, dead_letters, rt.on_effects)
     retention = Retention(s.retention_s, rt.store, rt.metrics)
+    rt.campaigns = CampaignWorker(s, rt.store, rt.metrics, rt.box, rt.on_effects)
     return [rt.consumer.run(rt.stop), rt.relay.run(rt.stop), rt.pusher.run(rt.stop),
-            timer.run(rt.stop), retention.run(rt.stop)]
+            timer.run(rt.stop), retention.run(rt.stop), rt.campaigns.run(rt.stop)]
 
 
 async def serve(settings: Settings, provider: Provider | Sequence[Provider] | None = None,

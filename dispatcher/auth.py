@@ -28,6 +28,11 @@ from dispatcher.exceptions import DispatcherError
 
 PERMISSIONS = ("mdm.aosp.command.create", "mdm.aosp.command.read", "mdm.aosp.command.cancel")
 CREATE, READ, CANCEL = PERMISSIONS
+CAMPAIGN_PERMISSIONS = (
+    "mdm.aosp.campaign.create", "mdm.aosp.campaign.read", "mdm.aosp.campaign.cancel")
+CAMPAIGN_CREATE, CAMPAIGN_READ, CAMPAIGN_CANCEL = CAMPAIGN_PERMISSIONS
+ALL_PERMISSIONS = (*PERMISSIONS, *CAMPAIGN_PERMISSIONS)
+"""What ``dispatcher token`` grants unless told otherwise."""
 ANY_ORG = "*"
 DESTRUCTIVE = frozenset({"WIPE", "RESET_PASSWORD", "DISENROLL", "RELINQUISH_OWNERSHIP"})
 """Command types that need :func:`type_permission` too under strict permissions."""

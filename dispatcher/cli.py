@@ -141,7 +141,7 @@ def _dev_secret(settings: Settings, name: str, make: Callable[[], str]) -> str:
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     """Print a signed bearer token."""
-    print(auth.mint(dev_jwt_secret(settings), args.org, args.perm or auth.PERMISSIONS, args.ttl,
+    print(auth.mint(dev_jwt_secret(settings), args.org, args.perm or auth.ALL_PERMISSIONS, args.ttl,
                     audience=settings.jwt_audience, issuer=settings.jwt_issuer))
 
 

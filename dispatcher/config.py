@@ -131,6 +131,14 @@ class Settings:
         "finished commands terminal (and past their validity) for longer than this are "
         "removed; an id is deduplicated for this long",
     )
+    campaign_page: int = _var(
+        "DISPATCHER_CAMPAIGN_PAGE", 5000,
+        "targets of a campaign made into commands per transaction (its memory bound)",
+    )
+    campaign_status_interval_s: float = _var(
+        "DISPATCHER_CAMPAIGN_STATUS_INTERVAL_S", 2.0,
+        "how often a running campaign's counts are refreshed (and published when changed)",
+    )
     topic_prefix: str = _var("DISPATCHER_TOPIC_PREFIX", "mdm.", "prefix of every topic name")
     topic_partitions: int = _var(
         "DISPATCHER_TOPIC_PARTITIONS", 4, "partitions of topics the dispatcher creates"
@@ -216,6 +224,10 @@ class Settings:
             raise ConfigError("DISPATCHER_EXPIRY_INTERVAL_S must be positive")
         if self.retention_s <= 0:
             raise ConfigError("DISPATCHER_RETENTION_S must be positive (seconds)")
+        if not 1 <= self.campaign_page <= 100_000:
+            raise ConfigError("DISPATCHER_CAMPAIGN_PAGE must be between 1 and 100000")
+        if self.campaign_status_interval_s <= 0:
+            raise ConfigError("DISPATCHER_CAMPAIGN_STATUS_INTERVAL_S must be positive (seconds)")
         if self.log_format not in ("json", "text"):
             raise ConfigError("DISPATCHER_LOG_FORMAT must be 'json' or 'text'")
         if self.secret_keys:

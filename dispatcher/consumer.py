@@ -1,4 +1,4 @@
-"""The input stream: one consumer group over the four input topics, batch by batch.
+"""The input stream: one consumer group over the input topics, batch by batch.
 
 Offset rule: an offset is committed only after everything before it is durable.
 Each ``getmany`` batch is parsed, written to PostgreSQL in one transaction, its dead
@@ -34,12 +34,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from dispatcher import acks, ingest
+from dispatcher import acks, campaigns, ingest
 from dispatcher.aio import Backoff, retrying
 from dispatcher.config import Settings
 from dispatcher.deadletter import DeadLetters, Source
 from dispatcher.effects import Effects
-from dispatcher.events import CancelRequest, CommandCreated, DeviceAck, DeviceState, parse
+from dispatcher.events import INPUT_MODELS, parse
 from dispatcher.exceptions import (
     BrokerUnavailable,
     InvalidEvent,
@@ -53,12 +53,7 @@ from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[str, type[Any]] = {
-    "commands.created": CommandCreated,
-    "devices": DeviceState,
-    "device-acks": DeviceAck,
-    "commands.cancel": CancelRequest,
-}
+_MODELS: dict[str, type[Any]] = INPUT_MODELS
 
 
 class Parsed:
@@ -152,6 +147,10 @@ class BatchProcessor:
             )
             await ingest.apply_cancels(tx, parsed.by_kind["commands.cancel"], attempt)
             await acks.apply_acks(tx, parsed.by_kind["device-acks"], attempt)
+            await campaigns.apply_created(
+                tx, parsed.by_kind["campaigns.created"], attempt,
+                self.settings.default_duration_s, self.box)
+            await campaigns.apply_cancels(tx, parsed.by_kind["campaigns.cancel"], attempt)
             await ingest.wake_freed(tx, attempt)
         fx.absorb(attempt)
 

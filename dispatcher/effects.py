@@ -27,6 +27,7 @@ class Effects:
     held: Counter[tuple[str, str]] = field(default_factory=Counter)
     wake_push: bool = False
     wake_outbox: bool = False
+    wake_campaigns: bool = False
     audit: list[audit.Entry] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
     """The types of the commands superseded (``dispatcher_commands_superseded_total``)."""
@@ -48,6 +49,7 @@ class Effects:
         self.held.update(part.held)
         self.wake_push |= part.wake_push
         self.wake_outbox |= part.wake_outbox
+        self.wake_campaigns |= part.wake_campaigns
         self.audit.extend(part.audit)
         self.superseded.extend(part.superseded)
 

@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from dispatcher import safejson, sealing
@@ -173,6 +174,89 @@ class CancelRequest(_In):
         "audit log); absent: the topic's name")
 
 
+class Target(_In):
+    """Whom a campaign reaches: ``devices`` (each once, in this order) or ``all``: every
+    ACTIVE device of the enterprise when the campaign is accepted."""
+
+    devices: list[HexId] | None = Field(default=None, min_length=1)
+    all: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Target:
+        if (self.devices is None) == (self.all is None):
+            raise ValueError('give exactly one of "devices" (a list of ids) and "all": true')
+        return self
+
+
+class Waves(_In):
+    """A campaign released ``size`` targets at a time, ``intervalS`` apart, halted when the
+    finished commands show an error rate above ``maxErrorRate``."""
+
+    size: int = Field(ge=1, le=10_000_000)
+    intervalS: float = Field(default=0, ge=0, le=MAX_DURATION_S)
+    maxErrorRate: float | None = Field(
+        default=None, ge=0, le=1, description="ERROR and EXPIRED over DONE, ERROR and EXPIRED; "
+        "absent: never halts")
+
+
+class CampaignSpec(_In):
+    """What a campaign sends, to whom, and how fast (the HTTP body and the event share it)."""
+
+    aosEnterprise: HexId
+    command: CommandType
+    params: Params = Field(default_factory=dict)
+    duration: float | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+    notBefore: NotBefore = None
+    target: Target
+    waves: Waves | None = None
+
+    _number = field_validator("duration", mode="before")(seconds_or_none)
+
+
+class CampaignCreated(CampaignSpec):
+    """``mdm.campaigns.created``: one command for many devices (key: the campaign id)."""
+
+    id: HexId
+    organization: HexId
+    createdAt: Time | None = None
+    createdBy: Actor | None = Field(
+        default=None, description="who asked for the campaign; absent: the topic's name")
+
+
+class CampaignCancel(_In):
+    """``mdm.campaigns.cancel``: every open command of the campaign ends CANCEL."""
+
+    campaignId: HexId
+    at: Time | None = None
+    cancelledBy: Actor | None = None
+
+
+class CampaignCounts(BaseModel):
+    """A campaign's commands by status."""
+
+    PENDING: int = 0
+    RECEIVED: int = 0
+    DONE: int = 0
+    ERROR: int = 0
+    EXPIRED: int = 0
+    CANCEL: int = 0
+
+
+class CampaignStatus(BaseModel):
+    """``mdm.campaigns.status`` (out): a campaign's state and progress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: HexId
+    organization: HexId
+    command: CommandType
+    state: Literal["RUNNING", "HALTED", "DONE", "CANCELLED"]
+    targets: int
+    released: int
+    counts: CampaignCounts
+    at: datetime
+
+
 class StatusEvent(BaseModel):
     """``mdm.commands.status`` (out): one event per status change."""
 
@@ -193,6 +277,8 @@ class StatusEvent(BaseModel):
         "or its topic); omitted when unknown")
     cancelledBy: str | None = Field(
         default=None, description="who cancelled the command; omitted unless it was cancelled")
+    campaign: HexId | None = Field(
+        default=None, description="the campaign the command belongs to; omitted when none")
 
 
 class DeadLetter(BaseModel):
@@ -217,9 +303,12 @@ INPUT_MODELS: dict[str, type[_In]] = {
     "devices": DeviceState,
     "device-acks": DeviceAck,
     "commands.cancel": CancelRequest,
+    "campaigns.created": CampaignCreated,
+    "campaigns.cancel": CampaignCancel,
 }
 OUTPUT_MODELS: dict[str, type[BaseModel]] = {
     "commands.status": StatusEvent,
+    "campaigns.status": CampaignStatus,
     "dead-letter": DeadLetter,
 }
 

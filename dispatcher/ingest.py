@@ -21,7 +21,7 @@ from dispatcher.store import Tx
 from dispatcher.store.records import DeviceUpsert, NewCommand
 
 __all__ = ["NewCommand", "apply_cancels", "apply_created", "apply_devices", "new_command",
-           "store_commands", "wake_freed"]
+           "queue", "store_commands", "wake_freed"]
 
 
 def new_command(
@@ -78,7 +78,7 @@ async def store_commands(tx: Tx, commands: list[NewCommand], fx: Effects) -> set
     fx.moved(rows)
     if any(r.status == Status.PENDING for r in rows):
         fx.wake_push = True
-        await _queue(tx, [r.id for r in rows if r.status == Status.PENDING], fx)
+        await queue(tx, [r.id for r in rows if r.status == Status.PENDING], fx)
     inserted = {r.id for r in rows}
     fx.audit.extend(audit.Entry(c.created_by, audit.CREATE, c.id, c.aos_device, c.organization)
                     for c in commands if c.id in inserted)
@@ -89,7 +89,7 @@ async def store_commands(tx: Tx, commands: list[NewCommand], fx: Effects) -> set
 SUPERSEDE_PAIRS = [(newer.value, older.value) for newer, older in lifecycle.supersede_pairs()]
 
 
-async def _queue(tx: Tx, new: list[str], fx: Effects) -> None:
+async def queue(tx: Tx, new: list[str], fx: Effects) -> None:
     """Supersede what the new PENDING commands make moot (and lift the rank of older
     commands queued before them); their devices' next commands go (:func:`wake_freed`)."""
     superseded = await tx.queue_new_commands(new, SUPERSEDE_PAIRS)

@@ -31,8 +31,9 @@ from dispatcher.exceptions import BrokerUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("commands.created", "devices", "device-acks", "commands.cancel")
-OUTPUTS = ("commands.status", "dead-letter")
+INPUTS = ("commands.created", "devices", "device-acks", "commands.cancel", "campaigns.created",
+          "campaigns.cancel")
+OUTPUTS = ("commands.status", "dead-letter", "campaigns.status")
 COMPACTED = frozenset({"devices"})
 
 

@@ -25,6 +25,7 @@ from dispatcher.store.records import Transition
 DEAD_LETTER_REASONS = (
     "empty", "invalid_json", "too_deep", "duplicate_key", "too_large", "validation",
     "unknown_command", "unknown_status", "device_mismatch", "store_rejected", "parse_failed",
+    "unknown_campaign",
 )
 """Every ``reason`` of a dead letter (the contract extensions in the README)."""
 PUSH_OUTCOMES = (
@@ -155,6 +156,20 @@ class Metrics:
             "dispatcher_push_wait_seconds",
             "From a push being due (created, notBefore, woken, retry time) to its request "
             "being sent, by command priority", ["priority"], buckets=_WAIT_BUCKETS, registry=r,
+        )
+        self.campaigns = Gauge(
+            "dispatcher_campaigns", "Campaigns by state (RUNNING, HALTED, DONE, CANCELLED)",
+            ["state"], registry=r,
+        )
+        self.campaign_commands = Gauge(
+            "dispatcher_campaign_commands",
+            "Commands of the campaigns kept (until retention removes them), by the campaign's "
+            "state and the command's status (counts refreshed every "
+            "DISPATCHER_CAMPAIGN_STATUS_INTERVAL_S)", ["state", "status"], registry=r,
+        )
+        self.campaign_commands_created = Counter(
+            "dispatcher_campaign_commands_created_total",
+            "Commands created by expanding campaigns' targets", registry=r,
         )
         self.build = Info("dispatcher_build", "Version of the running dispatcher", registry=r)
         self.build.info({"version": _version()})

@@ -1,4 +1,5 @@
-"""Relay of ``mdm.commands.status``: the transactional outbox, drained to Kafka.
+"""Relay of ``mdm.commands.status`` (and ``mdm.campaigns.status``): the transactional outbox,
+drained to Kafka.
 
 Every transition's status event is written into ``status_outbox`` in the same
 transaction that moves the command (migrations 010 and 011: a trigger for new rows, the
@@ -11,7 +12,9 @@ status events are at-least-once, never lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import Mapping
 
 from dispatcher.aio import Backoff, retrying, wait_any
 from dispatcher.exceptions import BrokerUnavailable, StoreUnavailable
@@ -26,11 +29,14 @@ class OutboxRelay:
     """Publishes status events in commit order, as soon as they are committed."""
 
     def __init__(
-        self, store: Store, producer: Producer, topic: str, metrics: Metrics, batch: int = 1000
+        self, store: Store, producer: Producer, topic: str, metrics: Metrics, batch: int = 1000,
+        topics: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
+        self.topics = dict(topics or {})
+        """Full names of the other topics an outbox row may name (``campaigns.status``)."""
         self.metrics = metrics
         self.batch = batch
         self.wake = asyncio.Event()
@@ -41,9 +47,10 @@ class OutboxRelay:
             rows = await tx.take_outbox(self.batch)
             if not rows:
                 return 0
-            await self.producer.send_all(
-                self.topic, [(r.aos_device.encode(), r.payload.encode()) for r in rows]
-            )
+            for topic, run in itertools.groupby(rows, key=lambda r: r.topic):
+                await self.producer.send_all(
+                    self.topics[topic] if topic else self.topic,
+                    [(r.aos_device.encode(), r.payload.encode()) for r in run])
             await tx.delete_outbox([r.seq for r in rows])
         self.metrics.status_published.inc(len(rows))
         return len(rows)

@@ -61,8 +61,10 @@ class Retention:
             await sleep_unless(stop, self.interval_s)
 
     async def one_pass(self) -> None:
-        """Remove what is due, then refresh the table gauges."""
+        """Remove what is due (commands, then settled campaigns), then refresh the table
+        gauges."""
         await self.purge()
+        await self.store.remove_campaigns(self.retention_s, BATCH)
         await self.table_gauges()
 
     async def purge(self, budget_s: float = PASS_BUDGET_S) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from dispatcher import audit
 
 if TYPE_CHECKING:
+    from dispatcher.campaigns import CampaignWorker
     from dispatcher.config import Settings
     from dispatcher.consumer import BatchProcessor, StreamConsumer
     from dispatcher.effects import Effects
@@ -39,6 +40,7 @@ class Runtime:
     pusher: Pusher | None = None
     relay: OutboxRelay | None = None
     processor: BatchProcessor | None = None
+    campaigns: CampaignWorker | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     http_url: str = ""
 
@@ -56,3 +58,5 @@ class Runtime:
             self.pusher.wake.set()
         if fx.wake_outbox and self.relay is not None:
             self.relay.wake.set()
+        if fx.wake_campaigns and self.campaigns is not None:
+            self.campaigns.wake.set()

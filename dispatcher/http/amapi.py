@@ -129,10 +129,10 @@ def _metadata(row: Any, status: Status) -> dict[str, Any]:
     if user:
         meta["userName"] = user
     for key, column in (("createdBy", "created_by"), ("cancelledBy", "cancelled_by"),
-                        ("priority", "priority")):
+                        ("priority", "priority"), ("campaign", "campaign")):
         if row[column]:
             meta[key] = row[column]
-    if row["not_before"] is not None:
+    if iso(row["not_before"]) is not None:
         meta["notBefore"] = iso(row["not_before"])
     params = redact(row["params"] or {})
     for key in ("resetPasswordFlags", *PARAM_FIELDS):

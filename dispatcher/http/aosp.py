@@ -115,6 +115,7 @@ class CommandRecord(BaseModel):
         default=None, description="high, normal or low (the request's, else the type's "
         "default)")
     notBefore: str | Absent = Field(default=None, description="not pushed before this time")
+    campaign: str | Absent = Field(default=None, description="the campaign it belongs to")
 
 
 class CommandAnswer(BaseModel):
@@ -162,6 +163,7 @@ def record(row: Any) -> dict[str, Any]:
         "updatedAt": iso(row["updated_at"]), "createdAt": iso(row["created_at"]),
         "createdBy": row["created_by"], "cancelledBy": row["cancelled_by"],
         "priority": row["priority"], "notBefore": iso(row["not_before"]),
+        "campaign": row["campaign"],
     }
     return {key: value for key, value in full.items() if value is not None}
 

@@ -1,7 +1,8 @@
 """The aiohttp application of the dispatcher: its error middleware and every route.
 
 Routes: ``/healthz``, ``/readyz`` and ``/metrics`` (:mod:`.health`), seed 000
-(:mod:`.aosp`), seed 001 (:mod:`.amapi`) and ``GET /openapi.json`` (:mod:`.openapi`).
+(:mod:`.aosp`), campaigns (:mod:`.campaigns`), seed 001 (:mod:`.amapi`) and
+``GET /openapi.json`` (:mod:`.openapi`).
 A middleware renders every error, including unknown paths, wrong methods and bodies
 that are too large, in the envelope of the request's dialect
 (:func:`~dispatcher.http.common.error_response`); an unexpected exception is logged and
@@ -20,7 +21,8 @@ from aiohttp import web
 
 from dispatcher import auth
 from dispatcher.exceptions import StoreUnavailable
-from dispatcher.http import amapi, aosp, health, openapi
+from dispatcher.http import amapi, aosp, campaigns, health, openapi
+from dispatcher.http.campaigns import CAMPAIGN_BODY_BYTES
 from dispatcher.http.common import RUNTIME, ApiError, Code, error_response
 from dispatcher.runtime import Runtime
 
@@ -31,11 +33,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def build_app(rt: Runtime) -> web.Application:
     """The aiohttp application of the dispatcher, reading the live components of ``rt``."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=CAMPAIGN_BODY_BYTES)
     app[RUNTIME] = rt
     app.middlewares.append(error_middleware)
     health.register(app)
     aosp.register(app)
+    campaigns.register(app)
     amapi.register(app)
     app.router.add_get("/openapi.json", openapi.serve)
     return app

@@ -109,8 +109,9 @@ def ok(data: Any) -> web.Response:
 
 
 def iso(value: datetime | None) -> str | None:
-    """RFC 3339 UTC with microseconds, ``Z`` suffix."""
-    if value is None:
+    """RFC 3339 UTC with microseconds, ``Z`` suffix; None for none, and for 'infinity'
+    (the notBefore and deadline of a campaign's command whose wave is not released)."""
+    if value is None or value.year == 9999:
         return None
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -163,13 +164,15 @@ def _check_tree(value: Any, depth: int = 0) -> None:
             _check_tree(item, depth + 1)
 
 
-async def read_json(request: web.Request, required: bool = True) -> dict[str, Any]:
-    """The request's JSON object body (``{}`` when optional and empty), or 400/413/415."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, Code.BODY_TOO_LARGE, f"Request body larger than {MAX_BODY_BYTES} bytes")
+async def read_json(request: web.Request, required: bool = True,
+                    limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` when optional and empty), or 400/413/415
+    (``limit``: the largest body read)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, Code.BODY_TOO_LARGE, f"Request body larger than {limit} bytes")
     raw = await request.read()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, Code.BODY_TOO_LARGE, f"Request body larger than {MAX_BODY_BYTES} bytes")
+    if len(raw) > limit:
+        raise ApiError(413, Code.BODY_TOO_LARGE, f"Request body larger than {limit} bytes")
     if not raw.strip():
         if required:
             raise invalid("body: a JSON object is required")

@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from dispatcher.http import amapi, amapi_models, aosp
+from dispatcher.http import amapi, amapi_models, aosp, campaigns
 from dispatcher.http.commands import IDEMPOTENCY_KEY
 from dispatcher.lifecycle import Status
 
@@ -25,7 +25,7 @@ SEED_ERRORS = {
     "401": "No auth token (4002) or Invalid Token (4004)",
     "403": "Permission denied (4003): permission missing or organization not in the token",
     "404": "Entity not found (3001)",
-    "409": "Command already finished (4009) or Idempotency-Key reused (4010)",
+    "409": "Command or campaign already finished (4009) or Idempotency-Key reused (4010)",
     "413": "Request body too large (4013)",
     "415": "Unsupported media type (4015)",
 }
@@ -42,6 +42,8 @@ _MODELS: list[type[BaseModel]] = [
     aosp.CreateCommandRequest, aosp.CommandAnswer, aosp.CommandPage,
     aosp.ErrorAnswer, amapi_models.CommandRequest, amapi_models.Operation,
     amapi_models.ListOperationsResponse, amapi_models.GoogleError,
+    campaigns.CreateCampaignRequest, campaigns.CampaignAnswer, campaigns.CampaignPage,
+    campaigns.DryRunAnswer,
 ]
 
 
@@ -109,6 +111,34 @@ def _seed_paths() -> dict[str, Any]:
     }
 
 
+def _campaign_paths() -> dict[str, Any]:
+    base = campaigns.BASE
+    where = [_path_param("organizationId", {"type": "string", "pattern": aosp.ORG_PATTERN})]
+    one = [*where, _path_param("campaignId", HEX)]
+    answer = _json(_ref(campaigns.CampaignAnswer))
+    created = _json({"oneOf": [_ref(campaigns.CampaignAnswer), _ref(campaigns.DryRunAnswer)]},
+                    "the campaign, or with dryRun whom it would reach")
+    listing = [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": campaigns.LIST_MAX},
+               f"page size (default {campaigns.LIST_DEFAULT})"),
+        _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+    ]
+    return {
+        base: {
+            "post": _op("Create a campaign: one command for many devices, in waves",
+                        "mdm.aosp.campaign.create", created, False, [*where, IDEMPOTENCY],
+                        campaigns.CreateCampaignRequest),
+            "get": _op("List campaigns, newest first", "mdm.aosp.campaign.read",
+                       _json(_ref(campaigns.CampaignPage)), False, [*where, *listing]),
+        },
+        base + "/{campaignId}": {
+            "get": _op("Get a campaign", "mdm.aosp.campaign.read", answer, False, one)},
+        base + "/{campaignId}/cancel": {
+            "post": _op("Cancel a running campaign: its open commands end CANCEL",
+                        "mdm.aosp.campaign.cancel", answer, False, one)},
+    }
+
+
 def _google_paths() -> dict[str, Any]:
     base = "/v1/enterprises/{enterpriseId}/devices/{deviceId}"
     where = [_path_param("enterpriseId", HEX), _path_param("deviceId", HEX)]
@@ -153,7 +183,7 @@ def document() -> dict[str, Any]:
         },
         "security": [{"bearerAuth": []}],
         "paths": {
-            **_seed_paths(), **_google_paths(),
+            **_seed_paths(), **_campaign_paths(), **_google_paths(),
             "/healthz": {"get": {"summary": "process up", "security": [],
                                  "responses": {"200": plain}}},
             "/openapi.json": {"get": {"summary": "this document", "security": [],

@@ -1,7 +1,8 @@
 """PostgreSQL: the pool, one typed method per named query of ``queries.sql``, migrations.
 
 PostgreSQL holds all state. Every statement of the service is a named block of
-``queries.sql`` and has exactly one typed method (``commands.py``, ``pushes.py``) that
+``queries.sql`` and has exactly one typed method (``commands.py``, ``pushes.py``,
+``campaigns.py``) that
 takes and returns frozen records (``records.py``). A method runs the same way on the
 :class:`Store` (its own statement, or a transaction of its own for the ordered walks)
 and on the :class:`Tx` that :meth:`Store.transaction` yields, which runs it inside the
@@ -29,6 +30,7 @@ import asyncpg
 from dispatcher.exceptions import StoreUnavailable
 from dispatcher.store.base import ORDERED_WALK, QUERIES, WALKS, load_queries
 from dispatcher.store.boundary import TRANSIENT, boundary, is_transient
+from dispatcher.store.campaigns import CampaignStatements
 from dispatcher.store.commands import CommandStatements
 from dispatcher.store.pushes import PushStatements
 from dispatcher.store.schema import (
@@ -63,7 +65,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction-scoped), and asyncpg's default reset costs a round trip per query."""
 
 
-class Tx(CommandStatements, PushStatements):
+class Tx(CommandStatements, PushStatements, CampaignStatements):
     """The typed statements, run on the connection of one open transaction."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
@@ -85,7 +87,7 @@ class Tx(CommandStatements, PushStatements):
         return await self._rows(name, *args)
 
 
-class Store(CommandStatements, PushStatements):
+class Store(CommandStatements, PushStatements, CampaignStatements):
     """The asyncpg pool; the typed statements each run on their own."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -46,7 +46,7 @@ claim planned while the table held a few hundred rows drained a 100,000-row back
 at 115 push/s instead of ~2,600.
 """
 WALKS = frozenset({"claim_pushes", "expire_due", "take_outbox", "take_held_ready",
-                   "take_held_overdue", "remove_finished"})
+                   "take_held_overdue", "remove_finished", "remove_campaigns"})
 
 
 def affected(status: str) -> int:

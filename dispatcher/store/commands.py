@@ -69,7 +69,7 @@ class CommandStatements(Executor):
             [x.duration_s for x in c], [x.expires_at for x in c], [x.created_at for x in c],
             [x.source for x in c], [x.user_name for x in c], [x.duration_nanos for x in c],
             [x.created_by for x in c], [x.request_hash for x in c], [x.priority for x in c],
-            [x.not_before for x in c])
+            [x.not_before for x in c], [x.campaign for x in c], [x.wave for x in c])
         return _moved(rows)
 
     async def queue_new_commands(self, ids: Sequence[str],

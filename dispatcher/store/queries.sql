@@ -117,16 +117,16 @@ WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::jsonb[], $8::bytea[], $9::text[], $10::int[], $11::timestamptz[],
                          $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::text[],
-                         $17::text[], $18::text[], $19::timestamptz[])
+                         $17::text[], $18::text[], $19::timestamptz[], $20::text[], $21::int[])
         AS t(id, organization, aos_enterprise, aos_device, mdm_user, command, params, secret,
              status, duration_s, expires_at, created_at, source, user_name, duration_nanos,
-             created_by, request_hash, priority, not_before)
+             created_by, request_hash, priority, not_before, campaign, wave)
 ), inserted AS (
     INSERT INTO commands (id, organization, aos_enterprise, aos_device, mdm_user, command, params,
                           secret, status, duration_s, duration_nanos, expires_at, created_at,
                           updated_at, finished_at, next_push_at, source, user_name,
                           created_by, request_hash, error_type, error_message, priority,
-                          push_rank, not_before)
+                          push_rank, not_before, campaign, wave)
     SELECT id, organization, aos_enterprise, aos_device, mdm_user, command, params,
            CASE WHEN status = 'PENDING' THEN secret END, status, duration_s, duration_nanos,
            expires_at,
@@ -139,7 +139,7 @@ WITH input AS (
            CASE status WHEN 'EXPIRED' THEN 'the command''s validity had run out when it arrived'
                        WHEN 'CANCEL' THEN 'the device is disenrolled' END,
            priority, CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END,
-           not_before
+           not_before, campaign, wave
     FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id, aos_device, status, command, created_at
@@ -349,7 +349,8 @@ SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted
 -- rank high, normal, low; organizations take turns within a rank, from the one after
 -- the caller's last served ($3, one per rank).
 -- The claim is a lease: an unanswered claim becomes due again when it runs out.
--- Rows that cannot go now (no token, or waiting behind an earlier command) are parked.
+-- Rows that cannot go now (no token, waiting behind an earlier command, or of a campaign
+-- no longer RUNNING) are parked.
 -- A provider's rate budget ($4 providers, $5 pushes each may take; $6 the default
 -- provider, of devices that name none) leaves what it does not cover due as it was.
 -- At most $1 rows are looked at, so memory is bounded by the free concurrency; every
@@ -362,6 +363,11 @@ WITH due AS MATERIALIZED (
            c.next_push_at AS due_at, due.rank,
            CASE WHEN dv.state = 'ACTIVE' THEN dv.push_token END AS push_token,
            dv.public_key, dv.push_provider, coalesce(dv.push_provider, $6::text) AS lane,
+           -- a command of a campaign that halted or was cancelled is not pushed (the
+           -- campaign worker ends it a page at a time: until then it is parked)
+           (c.campaign IS NULL OR EXISTS (
+               SELECT 1 FROM campaigns g WHERE g.id = c.campaign AND g.state = 'RUNNING'))
+               AS live,
            NOT EXISTS (
                SELECT 1 FROM commands o
                WHERE o.aos_device = c.aos_device AND o.status = 'PENDING' AND o.pushes >= 0
@@ -380,9 +386,10 @@ WITH due AS MATERIALIZED (
 ), ranked AS (
     -- the one to send per device: the oldest eligible candidate (a window, not a join,
     -- so the plan stays linear whatever the planner guesses about these CTEs)
-    SELECT k.*, (k.is_head AND k.push_token IS NOT NULL AND row_number() OVER (
+    SELECT k.*, (k.is_head AND k.push_token IS NOT NULL AND k.live AND row_number() OVER (
                PARTITION BY k.aos_device
-               ORDER BY (k.is_head AND k.push_token IS NOT NULL) DESC, k.created_at, k.seq
+               ORDER BY (k.is_head AND k.push_token IS NOT NULL AND k.live) DESC,
+                        k.created_at, k.seq
            ) = 1) AS eligible
     FROM candidates k
 ), budgeted AS (
@@ -558,7 +565,7 @@ FROM moved, emitted;
 -- One relay at a time across replicas (a transaction-scoped advisory lock), so status
 -- events reach the topic in the order their transitions committed; a replica that does
 -- not get the lock takes nothing and tries again later.
-SELECT seq, command_id, aos_device, payload::text AS payload FROM status_outbox
+SELECT seq, command_id, aos_device, payload::text AS payload, topic FROM status_outbox
 WHERE pg_try_advisory_xact_lock(1685287779)
 ORDER BY seq LIMIT $1 FOR UPDATE;
 
@@ -618,3 +625,197 @@ SELECT count(*)::int AS n FROM removed;
 -- Live and dead rows of commands as the statistics collector counts them (no scan).
 SELECT coalesce(sum(n_live_tup), 0)::bigint AS live, coalesce(sum(n_dead_tup), 0)::bigint AS dead
 FROM pg_stat_user_tables WHERE relname = 'commands' AND schemaname = current_schema();
+
+-- Campaigns (migration 013, dispatcher/campaigns.py) ----------------------------------
+
+-- name: insert_campaign
+-- The same campaign id twice is one campaign: a replay inserts nothing (no row back).
+-- Wave 0 is released at once (its commands wait for notBefore like any command's).
+INSERT INTO campaigns (id, organization, aos_enterprise, command, params, secret, duration_s,
+                       duration_nanos, not_before, target_all, wave_size, interval_s,
+                       max_error_rate, created_at, updated_at, created_by, source,
+                       next_release_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), $15, $16,
+        CASE WHEN $11::int IS NOT NULL
+             THEN greatest(now(), $9::timestamptz) + $12::float8 * interval '1 second' END)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: snapshot_campaign_targets
+-- The targets of campaign $1, in order: the devices $2 (NULL: every ACTIVE device of the
+-- enterprise) registered to its organization $3 and enterprise $4, each once. Done in
+-- the database: a million targets never pass through the process.
+WITH listed AS (
+    SELECT u.d, min(u.o) AS o FROM unnest($2::text[]) WITH ORDINALITY AS u(d, o)
+    WHERE $2::text[] IS NOT NULL GROUP BY u.d
+), chosen AS (
+    SELECT l.d, l.o FROM listed l
+    JOIN devices v ON v.aos_device = l.d AND v.organization = $3 AND v.aos_enterprise = $4
+    UNION ALL
+    SELECT v.aos_device, 0 FROM devices v
+    WHERE $2::text[] IS NULL AND v.aos_enterprise = $4 AND v.organization = $3
+      AND v.state = 'ACTIVE'
+), inserted AS (
+    INSERT INTO campaign_targets (campaign, seq, aos_device)
+    SELECT $1, row_number() OVER (ORDER BY c.o, c.d), c.d FROM chosen c
+    RETURNING 1
+)
+UPDATE campaigns SET targets = (SELECT count(*) FROM inserted) WHERE id = $1
+RETURNING targets;
+
+-- name: campaign_dry_run
+-- What campaign targets $1 (NULL: every ACTIVE device of enterprise $3) would reach in
+-- organization $2: the targets, those without a push token, those disenrolled, and
+-- listed devices not registered to the enterprise (not targets).
+WITH listed AS (
+    SELECT DISTINCT u.d FROM unnest($1::text[]) AS u(d) WHERE $1::text[] IS NOT NULL
+), chosen AS (
+    SELECT v.push_token, v.state FROM listed l
+    JOIN devices v ON v.aos_device = l.d AND v.organization = $2 AND v.aos_enterprise = $3
+    UNION ALL
+    SELECT v.push_token, v.state FROM devices v
+    WHERE $1::text[] IS NULL AND v.aos_enterprise = $3 AND v.organization = $2
+      AND v.state = 'ACTIVE'
+)
+SELECT count(*)::int AS targets,
+       count(*) FILTER (WHERE push_token IS NULL)::int AS without_push_token,
+       count(*) FILTER (WHERE state = 'DISENROLLED')::int AS disenrolled,
+       CASE WHEN $1::text[] IS NULL THEN 0
+            ELSE ((SELECT count(*) FROM listed) - count(*))::int END AS not_registered
+FROM chosen;
+
+-- name: active_campaigns
+-- Campaigns with work left (expansion, waves, counts still moving).
+SELECT id FROM campaigns WHERE NOT settled ORDER BY id;
+
+-- name: lock_campaign
+-- One replica works on a campaign at a time; the others pass it by.
+SELECT * FROM campaigns WHERE id = $1 AND NOT settled FOR UPDATE SKIP LOCKED;
+
+-- name: get_campaign
+SELECT * FROM campaigns WHERE id = $1;
+
+-- name: list_campaigns
+-- HTTP API: an organization's campaigns newest first, keyset-paginated after ($2, $3).
+SELECT * FROM campaigns
+WHERE organization = $1
+  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text))
+ORDER BY created_at DESC, id DESC
+LIMIT $4;
+
+-- name: campaign_targets_page
+-- The next $3 targets of campaign $1 after target $2, with what the registry knows.
+SELECT t.seq, t.aos_device, v.mdm_user FROM campaign_targets t
+LEFT JOIN devices v ON v.aos_device = t.aos_device
+WHERE t.campaign = $1 AND t.seq > $2
+ORDER BY t.seq LIMIT $3;
+
+-- name: campaign_expanded
+-- Targets up to $2 of campaign $1 are commands now: drop them from the snapshot.
+WITH dropped AS (
+    DELETE FROM campaign_targets WHERE campaign = $1 AND seq <= $2
+)
+UPDATE campaigns SET expanded = $2, updated_at = now() WHERE id = $1;
+
+-- name: release_wave
+-- Wave $2 of campaign $1 goes: its held commands take the release time as notBefore
+-- and their validity from then ($3 seconds). The ids released.
+UPDATE commands c
+SET not_before = now(), next_push_at = now(),
+    expires_at = now() + $3::float8 * interval '1 second', updated_at = now()
+WHERE c.campaign = $1 AND c.wave = $2 AND c.status = 'PENDING'
+  AND c.not_before = 'infinity'
+RETURNING c.id;
+
+-- name: campaign_released
+-- Campaign $1 released one more wave; the next goes $2 seconds from now.
+UPDATE campaigns
+SET waves_released = waves_released + 1, updated_at = now(),
+    next_release_at = now() + $2::float8 * interval '1 second'
+WHERE id = $1;
+
+-- name: count_campaign
+-- Campaign $1's commands by status, stored on the campaign (reads never count them):
+-- an index-only walk of the campaign's own rows.
+UPDATE campaigns g SET counts = coalesce((
+        SELECT jsonb_object_agg(s.status, s.n) FROM (
+            SELECT c.status, count(*) AS n FROM commands c
+            WHERE c.campaign = $1 AND c.wave >= 0 GROUP BY c.status) s), '{}'),
+    counted_at = now()
+WHERE g.id = $1
+RETURNING g.counts;
+
+-- name: stop_campaign
+-- A RUNNING campaign ends in state $2 (HALTED, CANCELLED, DONE); $3 why (a halt), $4 who
+-- (a cancel). Targets not yet made into commands get none. The campaign as it is now,
+-- or nothing when it was not RUNNING.
+WITH dropped AS (
+    DELETE FROM campaign_targets t
+    WHERE t.campaign = $1 AND EXISTS (SELECT 1 FROM campaigns g WHERE g.id = $1 AND g.state = 'RUNNING')
+)
+UPDATE campaigns
+SET state = $2, updated_at = now(), finished_at = now(), halt_reason = $3,
+    cancelled_by = $4, next_release_at = NULL
+WHERE id = $1 AND state = 'RUNNING'
+RETURNING *;
+
+-- name: settle_campaign
+-- Nothing of campaign $1 is left to do: its counts are final.
+UPDATE campaigns SET settled = true, updated_at = now() WHERE id = $1;
+
+-- name: end_campaign_commands
+-- Up to $5 open commands of campaign $1 end CANCEL with errorType $2 and message $3:
+-- every open one ($4 true, a cancel: cancelledBy $6), or only those not pushed yet
+-- (a halt). A held one is given a deadline of now (retention counts from it).
+WITH target AS (
+    SELECT c.id, c.status AS previous FROM commands c
+    WHERE c.campaign = $1 AND c.wave >= 0 AND c.status IN ('PENDING', 'RECEIVED')
+      AND ($4::boolean OR (c.status = 'PENDING' AND c.sent_at IS NULL))
+    ORDER BY c.id LIMIT $5
+    FOR UPDATE
+), moved AS (
+    UPDATE commands c
+    SET status = 'CANCEL', updated_at = now(), finished_at = now(), secret = NULL,
+        next_push_at = NULL, push_lease_until = NULL, error_type = $2, error_message = $3,
+        cancelled_by = $6,
+        not_before = CASE WHEN c.not_before = 'infinity' THEN NULL ELSE c.not_before END,
+        expires_at = CASE WHEN c.expires_at = 'infinity' THEN now() ELSE c.expires_at END
+    FROM target t
+    WHERE c.id = ANY (ARRAY(SELECT id FROM target)) AND c.id = t.id
+      AND c.status IN ('PENDING', 'RECEIVED')
+    RETURNING c.id, c.aos_device, c.command, c.status, t.previous, c.created_at, c AS moved
+), emitted AS (
+    SELECT dispatcher_emit_moved(array_agg(m.moved), array_agg(m.previous))
+    FROM moved m
+)
+SELECT id, aos_device, command, status, previous, created_at FROM moved, emitted;
+
+-- name: report_campaign
+-- mdm.campaigns.status for campaign $1, through the outbox (the relay sends it keyed by
+-- the campaign id); the state and counts it reported are kept to report only changes.
+WITH reported AS (
+    UPDATE campaigns g
+    SET reported = jsonb_build_object('state', g.state, 'counts', g.counts),
+        reported_at = now()
+    WHERE g.id = $1
+    RETURNING g AS row
+)
+INSERT INTO status_outbox (command_id, aos_device, payload, topic)
+SELECT (r.row).id, (r.row).id, dispatcher_campaign_event(r.row), 'campaigns.status'
+FROM reported r;
+
+-- name: campaign_gauges
+-- Campaigns by state, and their commands by status (the counts kept on each campaign:
+-- no command is counted here). Over the campaigns retention keeps.
+SELECT state, count(*)::int AS n, jsonb_agg(counts) AS counts FROM campaigns GROUP BY state;
+
+-- name: remove_campaigns
+-- Retention: campaigns settled for longer than $1 seconds, up to $2 of them.
+WITH gone AS (
+    SELECT id FROM campaigns
+    WHERE settled AND coalesce(finished_at, updated_at) < now() - $1 * interval '1 second'
+    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+), removed AS (
+    DELETE FROM campaigns g WHERE g.id = ANY (ARRAY(SELECT id FROM gone)) RETURNING 1
+)
+SELECT count(*)::int AS n FROM removed;

@@ -46,7 +46,10 @@ class NewCommand:
     priority: str = "normal"
     """``high``, ``normal`` or ``low`` (lifecycle.default_priority when none was asked for)."""
     not_before: datetime | None = None
-    """Not pushed before it (its validity runs from then)."""
+    """Not pushed before it (its validity runs from then); :data:`HELD` (with that
+    ``expires_at`` too): a campaign's command whose wave is not released yet."""
+    campaign: str | None = None
+    wave: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,11 +276,14 @@ class OutboxEvent:
     command_id: str
     aos_device: str
     payload: str
+    topic: str | None = None
+    """The topic's name without prefix (``campaigns.status``); None: ``commands.status``."""
 
     @classmethod
     def from_row(cls, row: Row) -> OutboxEvent:
         """Read a row of ``take_outbox``."""
-        return cls(row["seq"], row["command_id"], row["aos_device"], row["payload"])
+        return cls(row["seq"], row["command_id"], row["aos_device"], row["payload"],
+                   row.get("topic"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,3 +336,25 @@ class ClaimOrder:
     cursors: tuple[str, str, str] = ("", "", "")
     budgets: dict[str, int] | None = None
     default_lane: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewCampaign:
+    """A campaign ready to insert: secrets masked in ``params``, sealed in ``secret``."""
+
+    id: str
+    organization: str
+    aos_enterprise: str
+    command: str
+    params: dict[str, Any]
+    secret: bytes | None
+    duration_s: int
+    duration_nanos: int
+    not_before: datetime | None
+    target_all: bool
+    wave_size: int | None
+    interval_s: float
+    max_error_rate: float | None
+    created_at: datetime
+    created_by: str | None
+    source: str

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dispatcher.config import Settings
 from dispatcher.events import (
     INPUT_MODELS,
+    CampaignCreated,
     CancelRequest,
     CommandCreated,
     DeviceAck,
@@ -32,7 +33,15 @@ from dispatcher.events import (
 )
 from dispatcher.exceptions import InvalidEvent
 from tests.support import fuzz
-from tests.support.events import ack_event, command_event, device_event, hex24, iso, queued_event
+from tests.support.events import (
+    ORG,
+    ack_event,
+    command_event,
+    device_event,
+    hex24,
+    iso,
+    queued_event,
+)
 from tests.support.figures import report
 from tests.support.process import Service, pushed, reaches
 from tests.support.wait import until
@@ -55,6 +64,12 @@ def bases() -> dict[str, dict[str, Any]]:
         "devices": device_event(other, publicKey=PUBLIC_KEY, pushProvider="pushy"),
         "device-acks": ack_event(hex24(), other, "DONE"),
         "commands.cancel": {"commandId": hex24(), "aosDevice": other, "at": iso()},
+        # an enterprise of its own: a campaign valid by chance reaches no device
+        "campaigns.created": {"id": hex24(), "organization": ORG, "aosEnterprise": hex24(),
+                              "command": "REBOOT", "params": {}, "duration": 60,
+                              "notBefore": iso(), "target": {"devices": [other]},
+                              "waves": {"size": 2, "intervalS": 1, "maxErrorRate": 0.5}},
+        "campaigns.cancel": {"campaignId": hex24(), "at": iso()},
     }
 
 
@@ -105,12 +120,15 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
     expected_letters = {k: v for k, v in sent.items() if local_reason(v[0], v[1]) is not None}
     held = {k: v for k, v in sent.items()
             if k not in expected_letters and v[0] in ("device-acks", "commands.cancel")}
+    unknown_campaigns = {k: v for k, v in sent.items()
+                         if k not in expected_letters and v[0] == "campaigns.cancel"}
 
     async def letters() -> dict[tuple[str, int, int], dict[str, Any]] | None:
         found = {(d["topic"], d["partition"], d["offset"]): d
                  for d in await service.kafka.read("dead-letter", timeout_s=0.5)
                  if isinstance(d, dict) and d.get("key") == dev}
-        return found if set(expected_letters) | set(held) <= set(found) else None
+        wanted = set(expected_letters) | set(held) | set(unknown_campaigns)
+        return found if wanted <= set(found) else None
 
     found = await until(letters, timeout=60, what="a dead letter for every invalid record")
     wrong = [(name, raw[:60], found[k]["reason"], local_reason(name, raw))
@@ -118,6 +136,7 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
              if found[k]["reason"] != local_reason(name, raw)]
     assert not wrong, wrong
     assert all(found[k]["reason"] == "unknown_command" for k in held)
+    assert all(found[k]["reason"] == "unknown_campaign" for k in unknown_campaigns)
 
     applied = {k: v for k, v in sent.items() if k not in found}
     conn = await asyncpg.connect(service.database_url)
@@ -127,6 +146,9 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
             if name == "commands.created":
                 assert isinstance(event, CommandCreated)
                 row = await conn.fetchrow("SELECT 1 FROM commands WHERE id = $1", event.id)
+            elif name == "campaigns.created":
+                assert isinstance(event, CampaignCreated)
+                row = await conn.fetchrow("SELECT 1 FROM campaigns WHERE id = $1", event.id)
             else:
                 assert isinstance(event, DeviceState | DeviceAck | CancelRequest)
                 row = await conn.fetchrow("SELECT 1 FROM devices WHERE aos_device = $1",
@@ -139,6 +161,7 @@ async def test_fuzzed_records_on_every_topic_are_applied_or_dead_lettered(
     status, _ = await service.get("/readyz")
     assert status == 200
     reasons = sorted({d["reason"] for k, d in found.items() if k in sent})
-    report(f"fuzz: {len(sent)} malformed records on 4 topics -> {len(found)} dead-lettered "
+    report(f"fuzz: {len(sent)} malformed records on {len(bases())} topics -> "
+           f"{len(found)} dead-lettered "
            f"({', '.join(reasons)}), {len(applied)} valid by chance and applied; "
            "the process stayed up and the records behind them flowed")

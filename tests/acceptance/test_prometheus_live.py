@@ -50,9 +50,18 @@ from typing import Any
 import asyncpg
 import pytest
 
+from dispatcher.campaigns import command_id
 from dispatcher_dev.fakepushy import FakePushy
 from tests.support.db import PgServer
-from tests.support.events import ack_event, command_event, device_event, hex24, iso
+from tests.support.events import (
+    ENTERPRISE,
+    ORG,
+    ack_event,
+    command_event,
+    device_event,
+    hex24,
+    iso,
+)
 from tests.support.faults import Gateway, Plan, base_env
 from tests.support.figures import report
 from tests.support.kafka import Kafka
@@ -64,7 +73,7 @@ from tests.support.proxy import Proxy, proxied_broker
 
 pytestmark = pytest.mark.acceptance
 
-GOOD = 45  # devices with a push token, answered by the gateway
+GOOD = 50  # devices with a push token, answered by the gateway (the last 5: a campaign's)
 SILENT = 1200  # devices without one: their commands wait, then expire during the cut
 EXPIRING_IN_CUT_S = 10  # validity of the SILENT commands: stored and announced before the cut
 ALERTS_LIVE = {
@@ -90,6 +99,7 @@ class Stack:
     started: float = field(default_factory=time.time)
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
+    campaign_commands: set[str] = field(default_factory=set)
 
     def mark(self, what: str) -> None:
         self.marks[what] = round(time.time() - self.started, 1)
@@ -220,12 +230,29 @@ async def traffic(stack: Stack, good: list[str], stuck_device: str) -> dict[str,
                           createdAt=iso(datetime.now(UTC) - timedelta(hours=1)))
     await stack.kafka.send_many("commands.created", [*commands, stuck])
     expected = {c["id"]: stack.gateway.plans[c["id"]].final for c in commands}
+    expected |= await campaign(stack, good[45:50])
     expected[stuck["id"]] = "PENDING"
     await until(lambda: settled(stack, expected), 60, "traffic settled", stack)
     await until(prom(stack, 'sum(dispatcher_dead_letters_total{job="dispatcher"})',
                      lambda v: v == 3), 30, "3 dead letters in Prometheus", stack)
     stack.mark("traffic settled")
     return expected
+
+
+async def campaign(stack: Stack, devices: list[str]) -> dict[str, str]:
+    """A campaign over ``devices`` in two waves, each command answered DONE."""
+    campaign_id = hex24()
+    plan = Plan(("RECEIVED", "DONE"), 600, "DONE")
+    for device in devices:
+        stack.gateway.plans[command_id(campaign_id, device)] = plan
+        stack.gateway.devices[command_id(campaign_id, device)] = device
+    await stack.kafka.send("campaigns.created", {
+        "id": campaign_id, "organization": ORG, "aosEnterprise": ENTERPRISE,
+        "command": "REBOOT", "target": {"devices": devices},
+        "waves": {"size": 3, "intervalS": 1}}, key=campaign_id)
+    ids = {command_id(campaign_id, d): "DONE" for d in devices}
+    stack.campaign_commands |= set(ids)
+    return ids
 
 
 async def provider_outage(stack: Stack, good: list[str]) -> dict[str, str]:
@@ -406,7 +433,10 @@ async def check_values(stack: Stack, results: dict[str, list[dict[str, Any]]],
     assert 0 < min(first_push_p50) <= max(first_push_p50) <= 10, first_push_p50
     by_command = {s["metric"]["command"]: values(s)[-1]
                   for s in panel("Success ratio by command (1h)") if values(s)}
-    assert abs(by_command["LOCK"] - done_ratio) <= 0.1 * done_ratio, by_command
+    locks = Counter(v for k, v in expected.items() if k not in stack.campaign_commands)
+    lock_ratio = locks["DONE"] / (sum(locks.values()) - locks["PENDING"])
+    assert abs(by_command["LOCK"] - lock_ratio) <= 0.1 * lock_ratio, by_command
+    assert by_command["REBOOT"] == 1.0, by_command  # the campaign's, all DONE
     shown = nonzero(panel("Alerts pending and firing"), "alertname")
     assert {"DispatcherDeadLetters", "DispatcherPushProviderFailing"} <= shown, shown
     assert {s["metric"]["reason"] for s in panel("Dead letters in the last hour")} == \
@@ -414,7 +444,15 @@ async def check_values(stack: Stack, results: dict[str, list[dict[str, Any]]],
     failing = max(v for s in panel("Push failure ratio by provider") for v in values(s))
     assert failing > 0.1, failing
     assert min(v for s in panel("Push provider answering, by replica") for v in values(s)) == 0
-    assert nonzero(panel("Pushes /s by priority"), "priority") == {"high"}  # LOCKs only
+    # LOCKs, and the campaign's REBOOTs
+    assert nonzero(panel("Pushes /s by priority"), "priority") == {"high", "low"}
+    states = nonzero(panel("Campaigns by state"), "state")
+    assert "DONE" in states
+    assert states <= {"RUNNING", "DONE"}, states  # running, then done; never halted
+    done = [s for s in panel("Campaigns by state") if s["metric"]["state"] == "DONE"]
+    assert values(done[0])[-1] == 1
+    assert ("DONE", "DONE") in {(s["metric"]["state"], s["metric"]["status"])
+                                for s in panel("Campaign commands by status")}
     waits = [v for s in panel("Due -> pushed wait, by priority", "B")
              if s["metric"].get("priority") == "high" for v in values(s) if v == v]
     assert waits

@@ -117,8 +117,8 @@ async def test_the_indexes_the_statements_key_exist_with_their_key(
 
 
 MOVES_STATUS = re.compile(r"UPDATE commands c\s+SET status =", flags=re.IGNORECASE)
-STATUS_MOVERS = {"apply_acks", "cancel_commands", "cancel_disenrolled", "expire_due",
-                 "push_rejected", "queue_new_commands"}
+STATUS_MOVERS = {"apply_acks", "cancel_commands", "cancel_disenrolled", "end_campaign_commands",
+                 "expire_due", "push_rejected", "queue_new_commands"}
 """The statements that change a status (a new one must join this list, and emit)."""
 
 

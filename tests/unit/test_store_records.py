@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from dispatcher.lifecycle import Status
 from dispatcher.store import QUERIES, Store, Tx
+from dispatcher.store.campaigns import CampaignStatements
 from dispatcher.store.commands import CommandStatements
 from dispatcher.store.pushes import PushStatements
 from dispatcher.store.records import (
@@ -26,7 +27,7 @@ from dispatcher.store.records import (
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-STATEMENTS = (CommandStatements, PushStatements)
+STATEMENTS = (CommandStatements, PushStatements, CampaignStatements)
 
 
 def _typed_methods() -> dict[str, list[type]]:

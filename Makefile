@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types all bench bench-storage bench-faust schemas clean
+.PHONY: run test lint types all bench bench-storage bench-faust bench-h2 schemas clean
 
 $(STAMP): pyproject.toml devtools/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dispatcher needs Python 3.11 or newer"'
@@ -39,6 +39,11 @@ bench-storage: $(STAMP)
 bench-faust: $(STAMP)
 	$(BIN)/pip install --quiet 'faust-streaming==0.15.*'
 	$(BIN)/python -m bench.faust_compare
+
+# HTTP/2 (httpx with h2) against aiohttp's HTTP/1.1 for FCM: client CPU per request
+bench-h2: $(STAMP)
+	$(BIN)/pip install --quiet -e ./devtools -e '.[dev,bench]' 'httpx[http2]>=0.27' 'hypercorn>=0.17'
+	$(BIN)/python -m bench.h2_compare
 
 schemas: $(STAMP)
 	$(BIN)/dispatcher schemas --write

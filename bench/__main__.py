@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import order
+from bench import campaign, order
 from bench.harness import Harness, Result
 
 OUT = Path(__file__).resolve().parent
@@ -32,6 +32,9 @@ async def main() -> int:
         results += await h.push_throughput(n=int(20_000 * scale), latency_s=0.05)
         results += await h.push_throughput(n=int(30_000 * scale), latency_s=0.0,
                                            concurrency=256)
+        results += await h.push_throughput(n=int(20_000 * scale), latency_s=0.05, provider="fcm")
+        results += await h.push_throughput(n=int(30_000 * scale), latency_s=0.0,
+                                           concurrency=256, provider="fcm")
         results += await h.latency(rate=1000, seconds=max(3, int(10 * scale)), label="1000/s")
         # The maximum of the created -> pushed path is the lower of its two stages.
         most = min(r.value for r in results
@@ -41,6 +44,10 @@ async def main() -> int:
                                    label=f"50% of max ({half}/s)")
         results += await order.lock_under_backlog(h, backlog=int(1_000_000 * scale))
         results += await order.claim_cost(h)
+        limit = min(r.value for r in results if r.note == "limit")
+        ingest = next(r.value for r in results if r.name == "ingest")
+        results += await campaign.million(h, devices=int(1_000_000 * scale), ingest=ingest,
+                                          ingest_limit=limit)
         results += await h.expiry_and_growth(overdue=int(1_000_000 * scale),
                                              big=int(10_000_000 * scale), n=int(50_000 * scale))
         results.append(Result("peak RSS of dispatcher", h.peak_rss_mb, "MB", 300, "max"))

@@ -73,6 +73,39 @@ class Result:
                 "ok": self.ok, "note": self.note}
 
 
+def cpu_seconds(dispatcher: int, fake: int) -> dict[str, float]:
+    """CPU seconds used so far by the dispatcher, PostgreSQL (every server process) and the
+    fake provider."""
+    def used(proc: psutil.Process) -> float:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            return float(t.user + t.system)
+        return 0.0
+
+    postgres = sum(used(p) for p in psutil.process_iter(["name"])
+                   if p.info["name"] == "postgres")
+    return {"dispatcher": used(psutil.Process(dispatcher)), "PostgreSQL": postgres,
+            "fake provider": used(psutil.Process(fake))}
+
+
+def cpu_per_push(name: str, samples: list[tuple[int, dict[str, float]]],
+                 n: int) -> list[Result]:
+    """CPU per push of each process over the steady part of a push run (from 30% to 90% of
+    the pushes: ingest is over, the queue is not yet empty), and how many such processes
+    10,000 pushes/s would take at that cost (one core each)."""
+    window = [s for s in samples if 0.3 * n <= s[0] <= 0.9 * n]
+    if len(window) < 2 or window[-1][0] == window[0][0]:
+        return []
+    (a, first), (b, last) = window[0], window[-1]
+    out = []
+    for part in first:
+        us = (last[part] - first[part]) / (b - a) * 1e6
+        note = (f"{10_000 * us / 1e6:.1f} cores for 10,000/s" if part != "fake provider"
+                else "the load generator's share of the 2 cores")
+        out.append(Result(f"{name}: {part} CPU per push", us, "us", note=note))
+    return out
+
+
 STORED_P99 = re.compile(r"^latency p99 @ 1000/s, ([0-9,]+) stored$")
 
 
@@ -279,19 +312,35 @@ class Harness:
         finally:
             await conn.close()
 
-    async def start_fake(self, latency_s: float) -> tuple[str, subprocess.Popen[bytes]]:
-        """The fake Pushy in its own process; return its URL."""
+    async def start_fake(self, latency_s: float,
+                         provider: str = "pushy") -> tuple[str, subprocess.Popen[bytes]]:
+        """The fake provider (Pushy, or FCM with its token endpoint) in its own process;
+        return its URL (:meth:`provider_env` says how the dispatcher reaches it)."""
         from dispatcher_dev.devstack import free_port
 
         port = free_port()
+        args = [PUSHY_KEY] if provider == "pushy" else [self.fcm_credentials(), "fcm"]
         proc = subprocess.Popen([sys.executable, "-m", "bench.fakeproc", str(port),
-                                 str(latency_s), PUSHY_KEY], cwd=ROOT,
+                                 str(latency_s), *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
         if b"ready" not in line:
-            raise RuntimeError(f"fake pushy did not start: {line!r}")
+            raise RuntimeError(f"fake {provider} did not start: {line!r}")
         return f"http://127.0.0.1:{port}", proc
+
+    def fcm_credentials(self) -> str:
+        """Where the fake FCM writes its service account (one path for the whole run)."""
+        path = Path(tempfile.gettempdir()) / f"dispatcher-bench-fcm-{os.getpid()}.json"
+        return str(path)
+
+    def provider_env(self, provider: str, url: str) -> dict[str, str]:
+        """The settings that send every push to the fake ``provider`` at ``url``."""
+        if provider == "fcm":
+            return {"DISPATCHER_PUSH_PROVIDER": "fcm", "DISPATCHER_FCM_API_URL": url,
+                    "DISPATCHER_FCM_CREDENTIALS_FILE": self.fcm_credentials()}
+        return {"DISPATCHER_PUSH_PROVIDER": "pushy", "DISPATCHER_PUSHY_API_URL": url,
+                "DISPATCHER_PUSHY_API_KEY": PUSHY_KEY}
 
     async def fake_get(self, url: str, what: str) -> Any:
         async with aiohttp.ClientSession() as http, http.get(f"{url}/_{what}") as r:
@@ -390,25 +439,27 @@ class Harness:
         return [Result("acks applied", rate, "acks/s", 10_000, "min",
                        note=f"{len(acks):,} acks, duplicates and out-of-order included")]
 
-    async def push_throughput(self, n: int, latency_s: float,
-                              concurrency: int = 64) -> list[Result]:
+    async def push_throughput(self, n: int, latency_s: float, concurrency: int = 64,
+                              provider: str = "pushy") -> list[Result]:
         """Pushes/s against a provider answering after ``latency_s``; with 0, the ceiling of
         the whole path (claim, request, answer) on this machine, the fake included."""
         dsn, prefix = await self.fresh("push")
-        url, fake = await self.start_fake(latency_s)
+        url, fake = await self.start_fake(latency_s, provider)
         devs = [hexid(d, "pdev") for d in range(n)]
         await self.produce(prefix + "devices", [device_event(d) for d in devs], "aosDevice")
         await self.produce(prefix + "commands.created",
                            [command(i, devs[i], prefix) for i in range(n)], "aosDevice")
-        svc = self.spawn(dsn, prefix, DISPATCHER_PUSH_PROVIDER="pushy",
-                         DISPATCHER_PUSHY_API_URL=url, DISPATCHER_PUSHY_API_KEY=PUSHY_KEY,
+        svc = self.spawn(dsn, prefix, **self.provider_env(provider, url),
                          DISPATCHER_PUSH_CONCURRENCY=str(concurrency))
         try:
             await self.ready(svc)
             deadline = time.monotonic() + 600
+            samples: list[tuple[int, dict[str, float]]] = []
             while time.monotonic() < deadline:
                 self.sample_rss(svc)
-                if (await self.fake_get(url, "stats"))["accepted"] >= n:
+                accepted = (await self.fake_get(url, "stats"))["accepted"]
+                samples.append((accepted, cpu_seconds(svc.proc.pid, fake.pid)))
+                if accepted >= n:
                     break
                 await asyncio.sleep(0.5)
             times = sorted((await self.fake_get(url, "arrivals")).values())
@@ -416,12 +467,15 @@ class Harness:
             # steady state: skip the first and last 5% (ramp-up while ingest still runs)
             lo, hi = times[len(times) // 20], times[-len(times) // 20 - 1]
             rate = (len(times) * 0.9) / max(hi - lo, 1e-3)
+            fcm = provider == "fcm"
             if not latency_s:
-                return [Result("push ceiling (0 ms provider)", rate, "push/s",
-                               note=f"concurrency {concurrency}; the fake provider shares "
-                                    f"the cores")]
+                name = "push ceiling (0 ms FCM)" if fcm else "push ceiling (0 ms provider)"
+                return [Result(name, rate, "push/s", note=f"concurrency {concurrency}; the "
+                               f"fake provider shares the cores"),
+                        *cpu_per_push(name, samples, n)]
             bound = concurrency / latency_s
-            return [Result("push throughput", rate, "push/s", 0.9 * bound, "min",
+            return [Result("push throughput (FCM)" if fcm else "push throughput", rate, "push/s",
+                           0.9 * bound, "min",
                            note=f"bound concurrency/latency = {bound:,.0f}/s, "
                                 f"max in flight seen {stats['max_inflight']}")]
         finally:

@@ -24,10 +24,11 @@ import aiohttp
 import google.auth.exceptions
 import google.auth.transport.requests
 import requests
+import yarl
 from google.oauth2 import service_account
 
 from dispatcher.exceptions import PushError
-from dispatcher.push.providers import HttpSession, PushRequest
+from dispatcher.push.providers import JSON_HEADERS, HttpSession, PushRequest, json_body
 from dispatcher.push.providers import retry_after_s as parse_retry_after  # Pushy's reading
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -197,7 +198,8 @@ class FcmProvider:
     def __init__(self, api_url: str, tokens: AccessTokens, timeout_s: float,
                  concurrency: int) -> None:
         self.tokens = tokens
-        self._url = f"{api_url.rstrip('/')}/v1/projects/{tokens.project_id}/messages:send"
+        self._url = yarl.URL(f"{api_url.rstrip('/')}/v1/projects/{tokens.project_id}"
+                             "/messages:send")
         self._http = HttpSession(timeout_s, concurrency)
 
     async def send(self, request: PushRequest) -> str:
@@ -213,9 +215,10 @@ class FcmProvider:
         raise classify(status, payload, retry_after, request.token)
 
     async def _post(self, body: dict[str, Any], token: str) -> tuple[int, Any, float | None]:
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
         try:
-            async with self._http.get().post(self._url, json=body, headers=headers) as response:
+            async with self._http.get().post(self._url, data=json_body(body),
+                                             headers=headers) as response:
                 try:
                     payload = await response.json(content_type=None)
                 except ValueError:

@@ -298,6 +298,7 @@ class CampaignWorker:
         reason = (f"error rate {rate:.3f} above maxErrorRate {row['max_error_rate']}")
         await tx.stop_campaign(row["id"], "HALTED", reason=reason)
         log.warning("campaign halted", extra={"campaign": row["id"], "reason": reason})
+        fx.campaigns_halted += 1
         await self._report(tx, row["id"], fx)
         return True
 

@@ -28,6 +28,7 @@ class Effects:
     wake_push: bool = False
     wake_outbox: bool = False
     wake_campaigns: bool = False
+    campaigns_halted: int = 0
     audit: list[audit.Entry] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
     """The types of the commands superseded (``dispatcher_commands_superseded_total``)."""
@@ -50,6 +51,7 @@ class Effects:
         self.wake_push |= part.wake_push
         self.wake_outbox |= part.wake_outbox
         self.wake_campaigns |= part.wake_campaigns
+        self.campaigns_halted += part.campaigns_halted
         self.audit.extend(part.audit)
         self.superseded.extend(part.superseded)
 

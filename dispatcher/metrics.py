@@ -167,6 +167,10 @@ class Metrics:
             "state and the command's status (counts refreshed every "
             "DISPATCHER_CAMPAIGN_STATUS_INTERVAL_S)", ["state", "status"], registry=r,
         )
+        self.campaigns_halted = Counter(
+            "dispatcher_campaigns_halted_total",
+            "Campaigns this replica halted because their error budget was spent", registry=r,
+        )
         self.campaign_commands_created = Counter(
             "dispatcher_campaign_commands_created_total",
             "Commands created by expanding campaigns' targets", registry=r,

@@ -53,6 +53,7 @@ class Runtime:
         self.metrics.transitions(fx.transitions)
         for command in fx.superseded:
             self.metrics.superseded.labels(command).inc()
+        self.metrics.campaigns_halted.inc(fx.campaigns_halted)
         audit.write(fx.audit)
         if fx.wake_push and self.pusher is not None:
             self.pusher.wake.set()

@@ -82,7 +82,7 @@ ALERTS_LIVE = {
     "DispatcherOutboxBacklogGrowing", "DispatcherReplicaDown", "DispatcherNoReplicaUp",
 }
 ALERTS_PROMTOOL_ONLY = {"DispatcherConsumerLagGrowing", "DispatcherDatabasePoolSaturated",
-                        "DispatcherSecretUnreadable"}
+                        "DispatcherSecretUnreadable", "DispatcherCampaignHalted"}
 
 
 @dataclass

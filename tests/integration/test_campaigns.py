@@ -43,11 +43,13 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
-def worker(store: Store, settings: Settings, page: int = 1000,
-           interval_s: float = 0.0) -> CampaignWorker:
+def worker(store: Store, settings: Settings, page: int = 1000, interval_s: float = 0.0,
+           committed: list[Effects] | None = None) -> CampaignWorker:
+    """The worker; ``committed`` collects the effects of each committed step."""
     s = dataclasses.replace(settings, campaign_page=page,
                             campaign_status_interval_s=interval_s or 0.001)
-    return CampaignWorker(s, store, Metrics(), BOX, lambda fx: None)
+    return CampaignWorker(s, store, Metrics(), BOX,
+                          (committed if committed is not None else []).append)
 
 
 async def register(store: Store, devices: list[str], *, state: str = "ACTIVE",
@@ -187,7 +189,8 @@ async def test_an_error_rate_above_the_budget_halts_the_campaign(
     await register(store, devices)
     campaign, _ = await launch(store, waves={"size": 4, "intervalS": 3600,
                                              "maxErrorRate": 0.25})
-    w = worker(store, settings)
+    committed: list[Effects] = []
+    w = worker(store, settings, committed=committed)
     await settle(w)
     first = [r for r in await commands_of(store, campaign) if r["wave"] == 0]
     await ack(store, first[:1], "ERROR")  # 1 of 1 finished: not enough to judge
@@ -209,6 +212,7 @@ async def test_an_error_rate_above_the_budget_halts_the_campaign(
     assert (await campaign_events(store, campaign))[-1]["counts"] == {
         "PENDING": 0, "RECEIVED": 0, "DONE": 1, "ERROR": 1, "EXPIRED": 0, "CANCEL": 10}
     assert (await stored(store, campaign))["settled"]
+    assert sum(fx.campaigns_halted for fx in committed) == 1  # dispatcher_campaigns_halted_total
 
 
 async def test_a_cancel_ends_every_open_command_and_a_second_changes_nothing(

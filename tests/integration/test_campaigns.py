@@ -310,3 +310,23 @@ async def test_waves_are_released_while_the_targets_are_still_being_expanded(
     assert [r for r in rows if r["next_push_at"] is not None and r["next_push_at"].year == 9999
             ] == []
     assert (await stored(store, campaign))["waves_released"] == 3
+
+
+async def test_retention_removes_settled_campaigns_only_after_the_window(
+        store: Store, settings: Settings) -> None:
+    devices = sorted(hex24() for _ in range(2))
+    await register(store, devices)
+    done, _ = await launch(store)
+    w = worker(store, settings)
+    await settle(w)
+    await ack(store, await commands_of(store, done), "DONE")
+    await settle(w)
+    running, _ = await launch(store, waves={"size": 1, "intervalS": 3600})
+    await settle(w)
+    assert await store.remove_campaigns(3600.0, 100) == 0  # settled just now: kept
+    await store.pool.execute(
+        "UPDATE campaigns SET finished_at = now() - interval '2 hours', "
+        "updated_at = now() - interval '2 hours' WHERE id = ANY($1)", [done, running])
+    assert await store.remove_campaigns(3600.0, 100) == 1
+    assert await store.get_campaign(done) is None
+    assert (await stored(store, running))["state"] == "RUNNING"  # work left: never removed

@@ -53,7 +53,6 @@ from dispatcher.store import Store
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[str, type[Any]] = INPUT_MODELS
 
 
 class Parsed:
@@ -86,7 +85,7 @@ class BatchProcessor:
         self.metrics = metrics
         self.box = box
         self.on_effects = on_effects
-        self._kinds = {settings.topic(name): name for name in _MODELS}
+        self._kinds = {settings.topic(name): name for name in INPUT_MODELS}
 
     async def process(self, records: list[Source]) -> None:
         """Make a batch durable: parse, write, dead-letter, count. Retries transient failures."""
@@ -103,7 +102,7 @@ class BatchProcessor:
         for source in records:
             kind = self._kinds[source.topic]
             try:
-                event = parse(_MODELS[kind], source.value, self.settings.max_event_bytes)
+                event = parse(INPUT_MODELS[kind], source.value, self.settings.max_event_bytes)
             except InvalidEvent as exc:
                 fx.reject(source, exc.reason, exc.detail)
                 continue

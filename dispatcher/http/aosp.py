@@ -172,17 +172,28 @@ def _seconds(seconds: int, nanos: int) -> int | float:
     return seconds if not nanos else float(Decimal(seconds) + Decimal(nanos) / 10**9)
 
 
+def organization_of(request: web.Request) -> str:
+    """The path's ``organizationId``, or 400 naming it."""
+    org = request.match_info.get("organizationId", "")
+    if not ORG_RE.fullmatch(org):
+        raise invalid(f"organizationId: must match {ORG_PATTERN}")
+    return org
+
+
+def require_covers(principal: auth.Principal, org: str) -> None:
+    """403 unless the token may act for ``org``."""
+    if not principal.covers(org):
+        raise ApiError(403, Code.PERMISSION_DENIED,
+                       "Permission denied: the token does not cover this organization")
+
+
 def _scope(request: web.Request, permission: str) -> tuple[auth.Principal, str, str]:
     """Auth, path parameters and organization scope: (principal, organizationId,
     aosDeviceId)."""
     principal = authorize(request, permission)
-    org = request.match_info.get("organizationId", "")
-    if not ORG_RE.fullmatch(org):
-        raise invalid(f"organizationId: must match {ORG_PATTERN}")
+    org = organization_of(request)
     device = hex_id(request, "aosDeviceId")
-    if not principal.covers(org):
-        raise ApiError(403, Code.PERMISSION_DENIED,
-                       "Permission denied: the token does not cover this organization")
+    require_covers(principal, org)
     return principal, org, device
 
 

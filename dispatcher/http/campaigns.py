@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from dispatcher import auth, campaigns
 from dispatcher.effects import Effects
 from dispatcher.events import CampaignCounts, CampaignSpec, Waves
-from dispatcher.http.aosp import ORG_PATTERN, ORG_RE, Absent, _seconds
+from dispatcher.http.aosp import Absent, _seconds, organization_of, require_covers
 from dispatcher.http.commands import command_id
 from dispatcher.http.common import (
     ApiError,
@@ -26,7 +26,6 @@ from dispatcher.http.common import (
     decode_cursor,
     encode_cursor,
     hex_id,
-    invalid,
     iso,
     not_found,
     ok,
@@ -115,8 +114,6 @@ class DryRunAnswer(BaseModel):
 
 def record(row: Any) -> dict[str, Any]:
     """The API form of a ``campaigns`` row; fields without a value are left out."""
-    released = (row["targets"] if row["wave_size"] is None
-                else min(row["targets"], row["wave_size"] * row["waves_released"]))
     waves = None if row["wave_size"] is None else {
         "size": row["wave_size"], "intervalS": row["interval_s"],
         **({"maxErrorRate": row["max_error_rate"]}
@@ -129,7 +126,7 @@ def record(row: Any) -> dict[str, Any]:
         "notBefore": iso(row["not_before"]),
         "target": {"all": True} if row["target_all"] else {"devices": row["targets"]},
         "waves": waves, "state": row["state"], "targets": row["targets"],
-        "released": released, "counts": {s: int(row["counts"].get(s, 0)) for s in STATUSES},
+        "released": row["released"], "counts": {s: int(row["counts"].get(s, 0)) for s in STATUSES},
         "haltReason": row["halt_reason"],
         "nextReleaseAt": iso(row["next_release_at"]) if row["state"] == "RUNNING" else None,
         "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
@@ -141,12 +138,8 @@ def record(row: Any) -> dict[str, Any]:
 
 def _scope(request: web.Request, permission: str) -> tuple[auth.Principal, str]:
     principal = authorize(request, permission)
-    org = request.match_info.get("organizationId", "")
-    if not ORG_RE.fullmatch(org):
-        raise invalid(f"organizationId: must match {ORG_PATTERN}")
-    if not principal.covers(org):
-        raise ApiError(403, Code.PERMISSION_DENIED,
-                       "Permission denied: the token does not cover this organization")
+    org = organization_of(request)
+    require_covers(principal, org)
     return principal, org
 
 

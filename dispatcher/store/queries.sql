@@ -693,14 +693,15 @@ SELECT id FROM campaigns WHERE NOT settled ORDER BY id;
 SELECT * FROM campaigns WHERE id = $1 AND NOT settled FOR UPDATE SKIP LOCKED;
 
 -- name: get_campaign
-SELECT * FROM campaigns WHERE id = $1;
+-- The campaign, and ``released``: the targets of its released waves.
+SELECT g.*, dispatcher_campaign_released(g) AS released FROM campaigns g WHERE g.id = $1;
 
 -- name: list_campaigns
 -- HTTP API: an organization's campaigns newest first, keyset-paginated after ($2, $3).
-SELECT * FROM campaigns
-WHERE organization = $1
-  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text))
-ORDER BY created_at DESC, id DESC
+SELECT g.*, dispatcher_campaign_released(g) AS released FROM campaigns g
+WHERE g.organization = $1
+  AND ($2::timestamptz IS NULL OR (g.created_at, g.id) < ($2, $3::text))
+ORDER BY g.created_at DESC, g.id DESC
 LIMIT $4;
 
 -- name: campaign_targets_page

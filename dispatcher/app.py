@@ -119,7 +119,7 @@ async def serve(settings: Settings, provider: Provider | Sequence[Provider] | No
         except SchemaNotMigrated as exc:
             log.error("refusing to start: %s", exc)
             raise
-        tasks = [asyncio.create_task(c) for c in build_loops(rt, providers)]
+        tasks = [asyncio.create_task(c, name=c.__qualname__) for c in build_loops(rt, providers)]
         rt.started.set()
         log.info("dispatcher running", extra={"http": rt.http_url})
         await _until_stop_or_crash(rt.stop, tasks)
@@ -133,9 +133,13 @@ async def _until_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task[Any
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     for task in done:
-        if task is not stopper and task.exception() is not None:
-            log.error("a component failed; stopping", exc_info=task.exception())
-            raise task.exception()  # type: ignore[misc]
+        if task is stopper:
+            continue
+        if task.cancelled():  # nothing here cancels a component: someone else did
+            raise RuntimeError(f"{task.get_name()} was cancelled")
+        if (exc := task.exception()) is not None:
+            log.error("a component failed; stopping", exc_info=exc)
+            raise exc
 
 
 async def _shutdown(rt: Runtime, tasks: list[asyncio.Task[Any]],

@@ -28,6 +28,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -186,6 +187,11 @@ def _kafka_unreachable(exc: BaseException, attempt: int, delay: float) -> None:
     log.warning("cannot reach Kafka, retrying", extra={"error": str(exc)})
 
 
+def _client_failed(exc: BaseException, attempt: int, delay: float) -> None:
+    log.warning("the Kafka consumer failed; replacing it", extra={
+        "error": str(exc), "attempt": attempt, "retry_in_s": round(delay, 2)})
+
+
 class StreamConsumer:
     """The consume -> process -> commit loop."""
 
@@ -216,7 +222,21 @@ class StreamConsumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; commit each batch after it is durable."""
+        """Consume until ``stop`` is set; commit each batch after it is durable.
+
+        A client that fails beneath the loop is closed and replaced after a backoff.
+        aiokafka's group coordinator ends for good on an error it does not expect (seen
+        during a broker cut: a transport closed in the middle of a coordinator lookup);
+        from then on every ``getmany`` raises. The new client rejoins the group and
+        consumes again what the old one had not committed.
+        """
+        try:
+            await retrying(partial(self._consume, stop), stop, retry_on=BrokerUnavailable,
+                           backoff=Backoff(0.5, 10.0), on_retry=_client_failed)
+        except BrokerUnavailable:  # raised by retrying() only once stop is set
+            log.info("stopped while the Kafka consumer was unavailable")
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         consumer = self._make_consumer()
         self.consumer = consumer
         await self._start(consumer, stop)
@@ -225,8 +245,7 @@ class StreamConsumer:
                                listener=_Rebalance(self._lock, self.metrics))
             last_lag = 0.0
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200,
-                                                 max_records=self.settings.batch_max)
+                batches = await self._fetch(consumer)
                 self.assigned = bool(consumer.assignment())
                 if batches and not await self._handle_unless_stopped(consumer, batches, stop):
                     break
@@ -234,8 +253,21 @@ class StreamConsumer:
                     last_lag = time.monotonic()
                     await self._report_lag(consumer)
         finally:
-            await consumer.stop()
             self.consumer = None
+            try:
+                await consumer.stop()
+            except Exception as exc:  # a broken client may fail to close; it is dropped anyway
+                log.warning("the Kafka consumer did not close cleanly",
+                            extra={"error": repr(exc)[:200]})
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition,
+                                                               list[ConsumerRecord]]:
+        try:
+            batches: dict[TopicPartition, list[ConsumerRecord]] = await consumer.getmany(
+                timeout_ms=200, max_records=self.settings.batch_max)
+        except Exception as exc:  # the client itself is broken: run() replaces it
+            raise BrokerUnavailable(f"the Kafka consumer failed: {exc!r}"[:300]) from exc
+        return batches
 
     async def _start(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         async def start() -> None:

@@ -3,8 +3,10 @@
 ``DISPATCHER_SOAK_S`` (default 300) seconds at ``DISPATCHER_SOAK_RATE`` (default 1000)
 commands per second, each answered RECEIVED then DONE by the device once pushed. The
 process's RSS is sampled every second: the last minute's peak may exceed the first
-minute's by at most 20%. After the load stops, ``dispatcher_consumer_lag`` sums to 0
-within 30 s and every command ends DONE.
+minute's by at most 20%. After the load stops every command ends DONE within 60 s (what
+the push path had not caught up with drains), and once the device's last acks are sent
+``dispatcher_consumer_lag`` sums to 0 within 30 s. (The lag is not asked to reach 0 while
+commands are still being pushed: each push makes the device send two more acks.)
 """
 
 from __future__ import annotations
@@ -115,16 +117,6 @@ async def test_sustained_rate(rig: Rig) -> None:
     load_ended = time.monotonic()
     lag_at_end = await lag(rig)
 
-    async def drained() -> bool:
-        return await lag(rig) == 0
-
-    lag_zero = True
-    try:
-        await wait_for(drained, timeout=30, interval=0.5, what="consumer lag 0")
-    except AssertionError:
-        lag_zero = False
-    lag_took = time.monotonic() - load_ended
-
     async def counts() -> dict[str, int]:
         return {r["status"]: r["n"] for r in await rig.db.fetch(
             "SELECT status, count(*) AS n FROM commands GROUP BY status")}
@@ -143,27 +135,35 @@ async def test_sustained_rate(rig: Rig) -> None:
 
     done = True
     try:
-        await wait_for(all_done, timeout=DRAIN_S, interval=1, what="every command DONE")
+        await wait_for(all_done, timeout=DRAIN_S, interval=0.5, what="every command DONE")
     except AssertionError:
         done = False
+    done_took = time.monotonic() - load_ended
+
+    async def drained() -> bool:
+        return await lag(rig) == 0
+
+    lag_zero = True
+    try:
+        await wait_for(drained, timeout=30, interval=0.5, what="consumer lag 0")
+    except AssertionError:
+        lag_zero = False
+    lag_took = time.monotonic() - load_ended
     final = await counts()
     figures.events_sent = sent + device.acks + len(rig.devices)
     figures.lost = sent - sum(final.values())
     figures.extra.update(
         commands=sent, acks=device.acks, first_minute_max_rss_mb=round(first / 2**20, 1),
         last_minute_max_rss_mb=round(last / 2**20, 1), lag_at_load_end=lag_at_end,
-        lag_zero_after_s=round(lag_took, 1) if lag_zero else "not within 30 s",
         push_rate_during_load=round(pushes_during_load / SOAK_S, 1),
         statuses_at_load_end=at_end, statuses_final=final,
-        all_done_after_s=round(time.monotonic() - load_ended, 1) if done else "not yet",
+        all_done_after_s=round(done_took, 1) if done else f"not within {DRAIN_S:g} s",
+        lag_zero_after_s=round(lag_took, 1) if lag_zero else "not within 30 s of the last ack",
         duplicate_transitions="not read back at this volume (see the other fault tests)")
     report(figures.show())
     assert rig.dispatcher.alive, rig.dispatcher.log_tail()
     assert figures.lost == 0
     assert last <= first * GROWTH, (first, last)
-    assert lag_zero, f"lag still {await lag(rig)} 30 s after the load stopped"
-    if not done:
-        pytest.xfail(
-            f"push throughput below the offered rate: {pushes_during_load / SOAK_S:.0f} "
-            f"pushes/s at {RATE:g} commands/s, {final.get('PENDING', 0)} still PENDING "
-            f"{DRAIN_S:g}s after the load: the push path (claim_pushes) cannot keep up")
+    assert done, (f"{final.get('PENDING', 0)} commands still PENDING {DRAIN_S:g} s after the "
+                  f"load ({pushes_during_load / SOAK_S:.0f} pushes/s during it)")
+    assert lag_zero, f"lag still {await lag(rig)} 30 s after the last acks"

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types all bench bench-storage bench-faust bench-h2 schemas clean
+.PHONY: run test lint types all bench bench-life bench-storage bench-faust bench-h2 schemas clean
 
 $(STAMP): pyproject.toml devtools/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dispatcher needs Python 3.11 or newer"'
@@ -30,6 +30,10 @@ all: lint types test
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ./devtools -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# the storage row alone: BENCH_GROWTH commands through their whole life (docs/storage.md)
+bench-life: $(STAMP)
+	$(BIN)/python -m bench.lifecycle
 
 # the measurement behind the retention design (docs/storage.md)
 bench-storage: $(STAMP)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import campaign, order
+from bench import campaign, lifecycle, order
 from bench.harness import Harness, Result
 
 OUT = Path(__file__).resolve().parent
@@ -50,6 +50,8 @@ async def main() -> int:
                                           ingest_limit=limit)
         results += await h.expiry_and_growth(overdue=int(1_000_000 * scale),
                                              big=int(10_000_000 * scale), n=int(50_000 * scale))
+        results += await lifecycle.run(h, total=lifecycle.total_from_env(scale),
+                                       rate=lifecycle.rate_from_env())
         results.append(Result("peak RSS of dispatcher", h.peak_rss_mb, "MB", 300, "max"))
     _report(results, scale)
     return 0

@@ -4,7 +4,8 @@
 ``python -m bench.fakeproc PORT LATENCY_S CREDENTIALS_PATH fcm`` the fake FCM (HTTP v1 and
 its verifying OAuth2 token endpoint), writing its service account to CREDENTIALS_PATH.
 ``GET /_arrivals`` answers ``{commandId: unix time of its first accepted push}``
-(``POST /_arrivals`` with a list of ids: only theirs) and ``GET /_stats`` the counts.
+(``POST /_arrivals`` with a list of ids: only theirs), ``GET /_stats`` the counts and
+``POST /_forget`` drops every push kept so far (a long run's memory stays flat).
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ async def main(port: int, latency_s: float, key: str, provider: str = "pushy") -
         return web.json_response({"accepted": len(fake.accepted), "requests": len(fake.requests),
                                   "max_inflight": fake.max_inflight})
 
+    async def forget(request: web.Request) -> web.Response:
+        arrivals.clear()
+        fake.accepted.clear()
+        fake.requests.clear()
+        return web.json_response({})
+
     fake.app.router.add_get("/_arrivals", get_arrivals)
+    fake.app.router.add_post("/_forget", forget)
     fake.app.router.add_post("/_arrivals", find_arrivals)
     fake.app.router.add_get("/_stats", get_stats)
     await fake.start(port=port)

@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,13 +107,12 @@ async def _drive(h: Harness, prefix: str, devs: list[str], life: Life) -> None:
     """Commands at the rate, paced by deadline; their acks at once or ACK_LATER_S after."""
     assert h._producer is not None
     producer = h._producer
-    later: list[tuple[float, dict[str, Any]]] = []
+    later: deque[tuple[float, dict[str, Any]]] = deque()
     started = time.monotonic()
     while life.produced < life.total:
         now = time.monotonic()
-        due = min(int((now - started) * life.rate) + int(life.rate * TICK_S),
-                  life.total) - life.produced
-        for i in range(life.produced, life.produced + max(due, 0)):
+        upto = min(int((now - started) * life.rate) + int(life.rate * TICK_S), life.total)
+        for i in range(life.produced, upto):
             dev = devs[i % len(devs)]
             cmd = command(i, dev, prefix, duration=DURATION_S)
             await producer.send(prefix + "commands.created", json.dumps(cmd).encode(),
@@ -122,9 +122,9 @@ async def _drive(h: Harness, prefix: str, devs: list[str], life: Life) -> None:
                 await producer.send(prefix + "device-acks", _ack(cmd), key=dev.encode())
             elif kind < 9:
                 later.append((now + ACK_LATER_S, cmd))
-        life.produced += max(due, 0)
+        life.produced = max(life.produced, upto)
         while later and later[0][0] <= now:
-            cmd = later.pop(0)[1]
+            cmd = later.popleft()[1]
             await producer.send(prefix + "device-acks", _ack(cmd),
                                 key=cmd["aosDevice"].encode())
         await asyncio.sleep(TICK_S)  # pacing

@@ -55,7 +55,6 @@ from dispatcher.store import Store
 log = logging.getLogger(__name__)
 
 
-
 class Parsed:
     """One batch's valid inputs by kind, and the invalid ones with their reasons."""
 

@@ -103,6 +103,19 @@ async def ack(store: Store, rows: list[Any], status: str) -> None:
         await apply_acks(tx, items, fx)
 
 
+async def finished_campaign(store: Store, settings: Settings,
+                            devices: int) -> tuple[str, CampaignWorker]:
+    """A campaign over ``devices`` new devices whose every command was acked DONE, settled
+    by its worker; the campaign's id and that worker."""
+    await register(store, sorted(hex24() for _ in range(devices)))
+    campaign, _ = await launch(store)
+    w = worker(store, settings)
+    await settle(w)
+    await ack(store, await commands_of(store, campaign), "DONE")
+    await settle(w)
+    return campaign, w
+
+
 async def campaign_events(store: Store, campaign: str) -> list[dict[str, Any]]:
     return [r["payload"] for r in await store.pool.fetch(
         "SELECT payload FROM status_outbox WHERE topic = 'campaigns.status' "
@@ -243,13 +256,7 @@ async def test_a_cancel_ends_every_open_command_and_a_second_changes_nothing(
 
 async def test_a_campaign_whose_commands_all_finish_is_done(
         store: Store, settings: Settings) -> None:
-    devices = sorted(hex24() for _ in range(3))
-    await register(store, devices)
-    campaign, _ = await launch(store)
-    w = worker(store, settings)
-    await settle(w)
-    await ack(store, await commands_of(store, campaign), "DONE")
-    await settle(w)
+    campaign, _ = await finished_campaign(store, settings, 3)
     got = await stored(store, campaign)
     assert (got["state"], got["settled"]) == ("DONE", True)
     last = (await campaign_events(store, campaign))[-1]
@@ -314,13 +321,7 @@ async def test_waves_are_released_while_the_targets_are_still_being_expanded(
 
 async def test_retention_removes_settled_campaigns_only_after_the_window(
         store: Store, settings: Settings) -> None:
-    devices = sorted(hex24() for _ in range(2))
-    await register(store, devices)
-    done, _ = await launch(store)
-    w = worker(store, settings)
-    await settle(w)
-    await ack(store, await commands_of(store, done), "DONE")
-    await settle(w)
+    done, w = await finished_campaign(store, settings, 2)
     running, _ = await launch(store, waves={"size": 1, "intervalS": 3600})
     await settle(w)
     assert await store.remove_campaigns(3600.0, 100) == 0  # settled just now: kept

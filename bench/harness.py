@@ -73,19 +73,33 @@ class Result:
                 "ok": self.ok, "note": self.note}
 
 
-def cpu_seconds(dispatcher: int, fake: int) -> dict[str, float]:
+def cpu_seconds(dispatcher: int, fake: int, *, whole_box: bool = False) -> dict[str, float]:
     """CPU seconds used so far by the dispatcher, PostgreSQL (every server process) and the
-    fake provider."""
+    fake provider; with ``whole_box`` also by the embedded broker and this process (the
+    load generator)."""
     def used(proc: psutil.Process) -> float:
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
             return float(t.user + t.system)
         return 0.0
 
-    postgres = sum(used(p) for p in psutil.process_iter(["name"])
-                   if p.info["name"] == "postgres")
-    return {"dispatcher": used(psutil.Process(dispatcher)), "PostgreSQL": postgres,
-            "fake provider": used(psutil.Process(fake))}
+    procs = list(psutil.process_iter(["name"]))
+    out = {"dispatcher": used(psutil.Process(dispatcher)),
+           "PostgreSQL": sum(used(p) for p in procs if p.info["name"] == "postgres"),
+           "fake provider": used(psutil.Process(fake))}
+    if whole_box:
+        out["broker"] = sum(used(p) for p in procs if (p.info["name"] or "").startswith("tansu"))
+        out["load generator"] = used(psutil.Process())
+    return out
+
+
+def broker_rss_mb() -> float:
+    """Resident memory of the embedded broker (0 when the broker is not embedded)."""
+    total = 0
+    for p in psutil.process_iter(["name", "memory_info"]):
+        if (p.info["name"] or "").startswith("tansu") and p.info["memory_info"] is not None:
+            total += p.info["memory_info"].rss
+    return total / 2**20
 
 
 def cpu_per_push(name: str, samples: list[tuple[int, dict[str, float]]],
@@ -220,8 +234,8 @@ class Harness:
 
     # ----------------------------------------------------------------- plumbing
 
-    async def fresh(self, label: str) -> tuple[str, str]:
-        """A fresh migrated database and topic prefix."""
+    async def fresh(self, label: str, partitions: int = 4) -> tuple[str, str]:
+        """A fresh migrated database and topic prefix (topics of ``partitions``)."""
         print(f"[{time.strftime('%H:%M:%S')}] phase: {label}", flush=True)
         name = f"bench_{label}_{secrets.token_hex(3)}"
         conn = await asyncpg.connect(self.admin_dsn)
@@ -232,7 +246,8 @@ class Harness:
         dsn = self.admin_dsn.rpartition("/")[0] + "/" + name
         await migrate(dsn)
         prefix = f"b{secrets.token_hex(3)}."
-        await ensure_topics(Settings(kafka_bootstrap=self.bootstrap, topic_prefix=prefix))
+        await ensure_topics(Settings(kafka_bootstrap=self.bootstrap, topic_prefix=prefix,
+                                     topic_partitions=partitions))
         return dsn, prefix
 
     async def produce(self, topic: str, events: list[dict[str, Any]], key: str) -> float:

@@ -9,9 +9,18 @@ part on it, see docs/storage.md) through their whole life, against
 once finished and past its validity for ``DISPATCHER_RETENTION_S`` = 60 s. 100,000
 devices. Every 10 s: the commands table's size (table, indexes, TOAST), its live and dead
 rows, the outbox's rows, the commands stored so far and the p99 created -> pushed of the
-pushes of those 10 s. Reported, over the samples after the first 300 s (the table's fill
-to its steady size; half of a shorter run): the rate kept, the p99s, and the table's
-largest size in the last quarter against the first (goal: within 10%).
+pushes of those 10 s, each process's CPU, the acks held because they came before their
+command and the broker's memory. Reported, over the samples after the first 300 s (the
+table's fill to its steady size; half of a shorter run): the rate kept, the p99s, the
+table's largest size in the last quarter against the first (goal: within 10%), and each
+process's CPU per command in the first and the last quarter.
+
+The input topics have ``BENCH_PARTITIONS`` partitions (default 1: one replica consumes
+them all the same). The embedded broker (Tansu 0.6.0, memory storage) keeps every record
+batch it is sent as one object and lists all of a partition's objects on every fetch, so
+its cost per fetch grows with what it has stored, per partition fetched: with 4
+partitions its CPU per command doubles within 600 s and the p99 follows it; see
+docs/storage.md. Real Kafka finds an offset through its segment index.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import time
 from collections import deque
@@ -28,7 +38,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.harness import Harness, Result, command, device_event, hexid, now_iso
+from bench.harness import (
+    Harness,
+    Result,
+    Service,
+    broker_rss_mb,
+    command,
+    cpu_seconds,
+    device_event,
+    hexid,
+    now_iso,
+)
 
 DEVICES = 100_000
 DURATION_S = 30
@@ -37,6 +57,8 @@ ACK_LATER_S = 2.0
 SAMPLE_S = 10.0
 WARM_S = 300.0
 TICK_S = 0.1
+
+HELD = re.compile(r'^dispatcher_held_events_total\{kind="ack",outcome="held"\} (\S+)$', re.M)
 
 SAMPLE = """
 SELECT pg_total_relation_size('commands') AS size,
@@ -60,6 +82,20 @@ class Sample:
     dead: int
     outbox: int
     p99_ms: float | None
+    cpu: dict[str, float]
+    """CPU seconds used so far by each process on the box (harness.cpu_seconds)."""
+    held: float
+    """Acks held so far because they came before their command."""
+    broker_mb: float
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where the samples are read: the fake's URL, the service and the fake's process."""
+
+    url: str
+    svc: Service
+    fake_pid: int
 
 
 @dataclass
@@ -74,7 +110,7 @@ class Life:
 
 async def run(h: Harness, total: int, rate: int) -> list[Result]:
     """Drive ``total`` commands at ``rate``/s through their life; see the module docstring."""
-    dsn, prefix = await h.fresh("lifecycle")
+    dsn, prefix = await h.fresh("lifecycle", partitions_from_env())
     url, fake = await h.start_fake(0.0)
     devs = [hexid(d, "life" + prefix) for d in range(DEVICES)]
     await h.produce(prefix + "devices", [device_event(d) for d in devs], "aosDevice")
@@ -86,14 +122,15 @@ async def run(h: Harness, total: int, rate: int) -> list[Result]:
         await h.ready(svc)
         await h.wait_sql(dsn, "SELECT count(*) FROM devices", DEVICES, svc)
         started = time.monotonic()
-        sampler = asyncio.create_task(_sample(h, conn, url, life, started, svc))
+        probe = Probe(url, svc, fake.pid)
+        sampler = asyncio.create_task(_sample(h, conn, probe, life, started))
         try:
             await _drive(h, prefix, devs, life)
         finally:
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
         elapsed = time.monotonic() - started
-        await _record(conn, life, elapsed, url)
+        await _record(conn, life, elapsed, probe)
     finally:
         await conn.close()
         await h.stop(svc)
@@ -138,27 +175,36 @@ def _ack(cmd: dict[str, Any]) -> bytes:
                        "status": "DONE", "at": now_iso()}).encode()
 
 
-async def _sample(h: Harness, conn: asyncpg.Connection, url: str, life: Life,
-                  started: float, svc: Any) -> None:
+async def _sample(h: Harness, conn: asyncpg.Connection, probe: Probe, life: Life,
+                  started: float) -> None:
     while True:
         await asyncio.sleep(SAMPLE_S)
-        h.sample_rss(svc)
-        await _record(conn, life, time.monotonic() - started, url)
-        s = life.samples[-1]
+        h.sample_rss(probe.svc)
+        await _record(conn, life, time.monotonic() - started, probe)
+        s, before = life.samples[-1], life.samples[-2] if len(life.samples) > 1 else None
+        busy = "" if before is None else " busy " + " ".join(
+            f"{part.split()[0]} {(s.cpu[part] - before.cpu[part]) / (s.at_s - before.at_s):.0%}"
+            for part in s.cpu)
         print(f"  {s.at_s:7.0f}s produced {s.produced:>11,} stored {s.stored:>11,} "
               f"size {s.size_mb:7.1f} MB live {s.live:>9,} dead {s.dead:>9,} "
-              f"outbox {s.outbox:>7,} p99 {s.p99_ms or 0:7.1f} ms", flush=True)
+              f"outbox {s.outbox:>7,} p99 {s.p99_ms or 0:7.1f} ms held {s.held:>9,.0f} "
+              f"broker {s.broker_mb:6,.0f} MB{busy}", flush=True)
 
 
-async def _record(conn: asyncpg.Connection, life: Life, at_s: float, url: str) -> None:
+async def _record(conn: asyncpg.Connection, life: Life, at_s: float, probe: Probe) -> None:
     row = await conn.fetchrow(SAMPLE, SAMPLE_S)
     assert row is not None
     p99 = row["p99_s"]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{probe.url}/_forget") as r:
+            r.raise_for_status()  # the fake keeps every push until told to forget them
+        async with http.get(f"{probe.svc.url}/metrics") as r:
+            held = HELD.search(await r.text())
     life.samples.append(Sample(
         at_s, life.produced, int(row["stored"]), row["size"] / 2**20, int(row["live"] or 0),
-        int(row["dead"] or 0), int(row["outbox"]), float(p99) * 1000 if p99 is not None else None))
-    async with aiohttp.ClientSession() as http, http.post(f"{url}/_forget") as r:
-        r.raise_for_status()  # the fake keeps every push until told to forget them
+        int(row["dead"] or 0), int(row["outbox"]), float(p99) * 1000 if p99 is not None else None,
+        cpu_seconds(probe.svc.proc.pid, probe.fake_pid, whole_box=True),
+        float(held.group(1)) if held else 0.0, broker_rss_mb()))
 
 
 def _quarters(life: Life) -> tuple[list[Sample], list[Sample]]:
@@ -203,11 +249,43 @@ def _results(life: Life, elapsed: float) -> list[Result]:
                "max", note="commands table with its indexes and TOAST"),
         Result(f"{label}: rows at the end (live / dead)", end.live, "rows",
                note=f"dead {end.dead:,}, outbox {end.outbox:,}"),
+        *_attribution(life, label, first, last),
     ]
+
+
+def _attribution(life: Life, label: str, first: list[Sample],
+                 last: list[Sample]) -> list[Result]:
+    """Where the time went in the first and the last quarter: each process's CPU per
+    command stored, and the acks held because they came before their command."""
+    (cpu_a, held_a), (cpu_b, held_b) = _rates(life, first), _rates(life, last)
+    out = [Result(f"{label}: {part} CPU per command, last quarter", cpu_b[part], "us",
+                  note=f"first quarter {cpu_a[part]:,.0f} us (x{cpu_b[part] / cpu_a[part]:.2f})")
+           for part in cpu_b if cpu_a.get(part)]
+    out.append(Result(f"{label}: acks held (came before their command), last quarter",
+                      held_b, "/s", note=f"first quarter {held_a:,.0f}/s"))
+    out.append(Result(f"{label}: the embedded broker's memory at the end",
+                      life.samples[-1].broker_mb, "MB", note="memory-only: it keeps every record"))
+    return out
+
+
+def _rates(life: Life, quarter: list[Sample]) -> tuple[dict[str, float], float]:
+    """CPU per command stored (us, by process) and acks held per second over a quarter,
+    from the sample before its first one to its last one."""
+    i = next(k for k, s in enumerate(life.samples) if s is quarter[0])
+    a, b = life.samples[max(i - 1, 0)], quarter[-1]
+    stored, seconds = b.stored - a.stored, b.at_s - a.at_s
+    if stored <= 0 or seconds <= 0:
+        return {}, 0.0
+    return ({part: (b.cpu[part] - a.cpu.get(part, 0.0)) / stored * 1e6 for part in b.cpu},
+            (b.held - a.held) / seconds)
 
 
 def total_from_env(scale: float) -> int:
     return int(os.environ.get("BENCH_GROWTH", int(1_200_000 * scale)))
+
+
+def partitions_from_env() -> int:
+    return int(os.environ.get("BENCH_PARTITIONS", "1"))
 
 
 def rate_from_env() -> int:

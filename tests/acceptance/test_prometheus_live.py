@@ -285,10 +285,14 @@ async def broker_cut(stack: Stack, silent: list[str]) -> dict[str, str]:
     await stack.kafka.send_many("commands.created", commands)
 
     async def stored_and_announced() -> bool:
+        # the campaign's last status event must be out before the cut too: the backlog
+        # during the cut is then exactly the silent commands' EXPIRED events
         stored: int = await stack.db.fetchval(
             "SELECT count(*) FROM commands WHERE id = ANY($1)", [c["id"] for c in commands])
+        running: int = await stack.db.fetchval(
+            "SELECT count(*) FROM campaigns WHERE state = 'RUNNING'")
         waiting: int = await stack.db.fetchval("SELECT count(*) FROM status_outbox")
-        return stored == len(commands) and waiting == 0
+        return stored == len(commands) and running == 0 and waiting == 0
 
     await until(stored_and_announced, 30, "silent commands stored and announced", stack)
     early = await stack.db.fetchval("SELECT count(*) FROM commands WHERE id = ANY($1) AND "

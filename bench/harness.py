@@ -88,18 +88,21 @@ def cpu_seconds(dispatcher: int, fake: int, *, whole_box: bool = False) -> dict[
            "PostgreSQL": sum(used(p) for p in procs if p.info["name"] == "postgres"),
            "fake provider": used(psutil.Process(fake))}
     if whole_box:
-        out["broker"] = sum(used(p) for p in procs if (p.info["name"] or "").startswith("tansu"))
+        out["broker"] = sum(used(p) for p in procs if _is_broker(p))
         out["load generator"] = used(psutil.Process())
     return out
 
 
+def _is_broker(proc: psutil.Process) -> bool:
+    """The embedded broker's process (its binary is named tansu-<version>)."""
+    return bool((proc.info["name"] or "").startswith("tansu"))
+
+
 def broker_rss_mb() -> float:
     """Resident memory of the embedded broker (0 when the broker is not embedded)."""
-    total = 0
-    for p in psutil.process_iter(["name", "memory_info"]):
-        if (p.info["name"] or "").startswith("tansu") and p.info["memory_info"] is not None:
-            total += p.info["memory_info"].rss
-    return total / 2**20
+    rss: int = sum(p.info["memory_info"].rss for p in psutil.process_iter(["name", "memory_info"])
+                   if _is_broker(p) and p.info["memory_info"] is not None)
+    return rss / 2**20
 
 
 def cpu_per_push(name: str, samples: list[tuple[int, dict[str, float]]],
